@@ -1,0 +1,1 @@
+"""Local Stable Diffusion web UI: the Python package behind webui.py."""
