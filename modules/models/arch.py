@@ -63,6 +63,13 @@ class ModelArch:
     config_path: str = ""  # the YAML this came from
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    def __hash__(self) -> int:  # the dicts inside are never mutated; hash what defines the layout
+        return hash(self.fingerprint)
+
+    @property
+    def fingerprint(self) -> str:
+        return repr((self.family, sorted(self.unet.items()), sorted(self.vae.items()), self.text_encoders))
+
     @property
     def is_inpainting(self) -> bool:
         return self.unet["in_channels"] == 9
