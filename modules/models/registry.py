@@ -1,0 +1,121 @@
+"""Which checkpoint is loaded now: lookup by name, switching, freeing, the default choice.
+
+One `ModelRegistry` lives in the app context. Generation asks it for the current model; the UI
+and the API ask it to list, refresh and switch. Loading happens under a lock so two requests never
+load two models at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from modules.devices import DevicePolicy, free_memory
+from modules.errors import UserError
+from modules.models.discovery import CheckpointInfo, HashCache, list_checkpoints, list_vaes
+from modules.models.load import SDModel, load_checkpoint, load_vae_file
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_STEM = "default-shapes"
+
+
+class ModelRegistry:
+    def __init__(self, checkpoint_dirs: list[Path], vae_dirs: list[Path], policy: DevicePolicy,
+                 hash_cache: HashCache) -> None:
+        self.checkpoint_dirs = checkpoint_dirs
+        self.vae_dirs = vae_dirs
+        self.policy = policy
+        self.hashes = hash_cache
+        self._lock = threading.RLock()
+        self._current: SDModel | None = None
+        self._current_info: CheckpointInfo | None = None
+        self.checkpoints: list[CheckpointInfo] = []
+        self.vaes: list[CheckpointInfo] = []
+        self.refresh()
+
+    # ------------------------------------------------------------------ listing
+    def refresh(self) -> list[CheckpointInfo]:
+        """Scan the folders again (files dropped in after start-up appear)."""
+        self.checkpoints = list_checkpoints(self.checkpoint_dirs)
+        self.vaes = list_vaes(self.vae_dirs)
+        return self.checkpoints
+
+    def find(self, name: str) -> CheckpointInfo:
+        """A checkpoint by title (`name [hash]`), name, file name, stem or short hash; never a path."""
+        name = name.strip()
+        if not name:
+            raise UserError("No checkpoint name given.")
+        bare = name.split(" [")[0] if name.endswith("]") else name
+        if ".." in Path(bare).parts or Path(bare).is_absolute() or "\\" in bare:
+            raise UserError(f"Checkpoint names are names from the list, not paths: {name!r} was refused.")
+        for refresh in (False, True):
+            if refresh:
+                self.refresh()
+            for info in self.checkpoints:
+                if bare in (info.name, info.path.name, info.stem, info.name.rsplit(".", 1)[0]):
+                    return info
+            hashed = name.strip("[]")
+            if len(hashed) == 10 and all(c in "0123456789abcdef" for c in hashed.lower()):
+                for info in self.checkpoints:
+                    if info.short_hash(self.hashes) == hashed.lower():
+                        return info
+        available = ", ".join(info.name for info in self.checkpoints) or "none"
+        raise UserError(f"Unknown checkpoint {name!r}. Available: {available}. "
+                        "Put checkpoints into models/Stable-diffusion and press refresh.")
+
+    def default_checkpoint(self) -> CheckpointInfo | None:
+        """The user's first checkpoint if there is one, else the embedded default model."""
+        user = [i for i in self.checkpoints if i.stem != DEFAULT_MODEL_STEM]
+        if user:
+            return user[0]
+        return self.checkpoints[0] if self.checkpoints else None
+
+    def find_vae(self, name: str) -> CheckpointInfo:
+        for info in self.vaes:
+            if name in (info.name, info.path.name, info.stem):
+                return info
+        available = ", ".join(info.name for info in self.vaes) or "none"
+        raise UserError(f"Unknown VAE {name!r}. Available: Automatic, None, {available}.")
+
+    # ------------------------------------------------------------------ loading
+    @property
+    def current_info(self) -> CheckpointInfo | None:
+        return self._current_info
+
+    def current(self) -> SDModel:
+        """The loaded model, loading the default one on first use."""
+        with self._lock:
+            if self._current is None:
+                info = self.default_checkpoint()
+                if info is None:
+                    raise UserError("No checkpoint found. Put a .safetensors or .ckpt file into "
+                                    f"{self.checkpoint_dirs[0]} and press refresh.")
+                self.load(info)
+            assert self._current is not None
+            return self._current
+
+    def load(self, info_or_name: CheckpointInfo | str, vae: str | None = None) -> SDModel:
+        """Switch to a checkpoint (no-op when it is already loaded); the previous one is freed first."""
+        info = self.find(info_or_name) if isinstance(info_or_name, str) else info_or_name
+        with self._lock:
+            if self._current is not None and self._current_info == info and vae is None:
+                return self._current
+            previous = self._current
+            self._current, self._current_info = None, None
+            del previous
+            free_memory()
+            start = time.perf_counter()
+            model = load_checkpoint(info.path, self.policy)
+            self._current, self._current_info = model, info
+            log.info("Loaded %s in %.1fs on %s (%s)", info.name, time.perf_counter() - start,
+                     self.policy.describe(), model.config_reason)
+            if vae not in (None, "Automatic", "None"):
+                load_vae_file(self.find_vae(vae).path, model)
+            return model
+
+    def short_hash(self, info: CheckpointInfo | None = None) -> str:
+        info = info or self._current_info
+        return info.short_hash(self.hashes) if info else ""
