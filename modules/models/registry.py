@@ -29,7 +29,7 @@ class ModelRegistry:
         self.vae_dirs = vae_dirs
         self.policy = policy
         self.hashes = hash_cache
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
         self._current: SDModel | None = None
         self._current_info: CheckpointInfo | None = None
         self.checkpoints: list[CheckpointInfo] = []
@@ -87,7 +87,7 @@ class ModelRegistry:
 
     def current(self) -> SDModel:
         """The loaded model, loading the default one on first use."""
-        with self._lock:
+        with self.lock:
             if self._current is None:
                 info = self.default_checkpoint()
                 if info is None:
@@ -100,7 +100,7 @@ class ModelRegistry:
     def load(self, info_or_name: CheckpointInfo | str, vae: str | None = None) -> SDModel:
         """Switch to a checkpoint (no-op when it is already loaded); the previous one is freed first."""
         info = self.find(info_or_name) if isinstance(info_or_name, str) else info_or_name
-        with self._lock:
+        with self.lock:
             if self._current is not None and self._current_info == info and vae is None:
                 return self._current
             previous = self._current

@@ -1,0 +1,338 @@
+"""One generation, top to bottom: parameters in, images and their infotext out.
+
+`generate` reads in numbered steps: check inputs, prepare pixels, then per batch encode the prompt,
+prepare latents, denoise, decode, composite and save. txt2img, img2img, inpaint and outpaint are the
+same loop; they differ only in the starting latents and in the mask.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from modules.errors import UserError
+from modules.images import make_grid, save_grid, save_image
+from modules.models.load import SDModel
+from modules.models.registry import ModelRegistry
+from modules.processing import inpaint as px
+from modules.processing.control import GenerationControl
+from modules.processing.infotext import format_infotext
+from modules.processing.params import GenerationParams, Img2ImgParams, InpaintParams, OutpaintParams
+from modules.processing.preview import latent_preview
+from modules.sampling.noise import initial_noise, resolve_seed, step_generators
+from modules.sampling.samplers import make_scheduler, sampler_info, scheduler_step
+from modules.text.conditioning import Conditioning, PromptEncoder, sdxl_time_ids
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    infotexts: list[str]
+    seeds: list[int]
+    params: GenerationParams
+    paths: list[Path] = field(default_factory=list)
+    grid_path: Path | None = None
+    interrupted: bool = False
+
+
+@dataclass
+class _Pixels:
+    """What the pixel side hands to the latent side for one run."""
+
+    init: Image.Image | None = None  # starting picture at the generation size
+    mask: Image.Image | None = None  # hard mask at the generation size (white = repaint)
+    blend: Image.Image | None = None  # soft mask for the final composite
+    original: Image.Image | None = None  # full picture to paste the result into
+    region: tuple[int, int, int, int] | None = None  # "only masked": where the crop came from
+    strength: float = 1.0
+
+
+# A hook run on every finished image (extensions: "a step after an image is made").
+ImageHook = Callable[[Image.Image, str, GenerationParams], Image.Image | None]
+
+
+def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | None = None,
+             control: GenerationControl | None = None, image_hooks: list[ImageHook] | None = None,
+             ) -> GenerationResult:
+    """Run one generation request; holds the device for its duration (requests queue on it)."""
+    control = control or GenerationControl()
+    # 1. Check inputs: every user error surfaces here, before anything is computed or written.
+    params = params.validate()
+    with registry.lock:
+        model = registry.load(params.checkpoint) if params.checkpoint else registry.current()
+        info = registry.current_info
+        model_name = info.stem if info else "unknown"
+        model_hash = registry.short_hash()
+        # 2. Pixels: the generation size, the starting image and the mask.
+        params, pixels = _prepare_pixels(params, model)
+        # 3. Seeds: image i of batch n uses seed + n * batch_size + i.
+        seed = resolve_seed(params.seed)
+        subseed = resolve_seed(params.subseed) if params.subseed_strength > 0 else -1
+        total = params.batch_size * params.batch_count
+        seeds = [seed + i for i in range(total)]
+        subseeds = [subseed + i for i in range(total)] if subseed >= 0 else None
+        encoder = PromptEncoder(model.arch.text_encoders, model.text_encoders)
+        # Prompts are the same for every batch: encode once, reuse across the batch count.
+        cond, uncond = encoder.encode_for_cfg([params.prompt] * params.batch_size,
+                                              [params.negative_prompt] * params.batch_size, params.clip_skip)
+        result = GenerationResult(images=[], infotexts=[], seeds=[], params=params)
+        control.begin(params.batch_count, params.steps)
+        try:
+            for n in range(params.batch_count):
+                if control.interrupted:
+                    break
+                batch_seeds = seeds[n * params.batch_size:(n + 1) * params.batch_size]
+                batch_subseeds = subseeds[n * params.batch_size:(n + 1) * params.batch_size] if subseeds else None
+                images = _run_batch(model, params, pixels, cond, uncond, batch_seeds, batch_subseeds, n, control)
+                for i, image in enumerate(images):
+                    image = _finish(image, pixels)
+                    text = format_infotext(params.prompt, params.negative_prompt,
+                                           _infotext_fields(params, batch_seeds[i], subseeds and batch_subseeds[i],
+                                                            model_name, model_hash, image.size))
+                    for hook in image_hooks or []:
+                        image = hook(image, text, params) or image
+                    result.images.append(image)
+                    result.infotexts.append(text)
+                    result.seeds.append(batch_seeds[i])
+                    if params.save and outdir is not None:
+                        result.paths.append(save_image(image, outdir / f"{params.mode}-images", batch_seeds[i], text))
+            if params.save and params.save_grid and outdir is not None and len(result.images) > 1:
+                result.grid_path = save_grid(make_grid(result.images), outdir / f"{params.mode}-grids",
+                                             result.infotexts[0])
+        finally:
+            result.interrupted = control.interrupted
+            control.end()
+    return result
+
+
+# ------------------------------------------------------------------------------------------ pixels
+
+def _prepare_pixels(params: GenerationParams, model: SDModel) -> tuple[GenerationParams, _Pixels]:
+    native = model.arch.native_size
+    if isinstance(params, OutpaintParams):
+        assert params.init_image is not None
+        canvas, mask, _ = px.outpaint_canvas(params.init_image.convert("RGB"), params.left, params.right,
+                                             params.top, params.bottom, params.fill, max(params.seed, 0))
+        params = replace(params, width=canvas.width, height=canvas.height)
+        return params, _Pixels(init=canvas, mask=mask, blend=px.soft_mask(mask, params.mask_blur),
+                               original=canvas, strength=params.denoising_strength)
+    if isinstance(params, Img2ImgParams):
+        assert params.init_image is not None
+        width = params.width or _round8(params.init_image.width)
+        height = params.height or _round8(params.init_image.height)
+        params = replace(params, width=width, height=height)
+        init = px.resize_image(params.init_image, width, height, params.resize_mode)
+        if not isinstance(params, InpaintParams):
+            return params, _Pixels(init=init, strength=params.denoising_strength)
+        assert params.mask is not None
+        mask = px.binary_mask(params.mask, params.invert_mask)
+        mask = mask.resize((width, height), Image.NEAREST) if mask.size != (width, height) else mask
+        if mask.getbbox() is None:
+            raise UserError("The mask is empty: paint (white) the area to repaint, or use img2img.")
+        blend = px.soft_mask(mask, params.mask_blur)
+        if params.inpaint_area == "only masked":
+            box = px.mask_box(mask, params.only_masked_padding, width, height)
+            crop_init = init.crop(box).resize((width, height), Image.LANCZOS)
+            crop_mask = mask.crop(box).resize((width, height), Image.NEAREST)
+            start = px.fill_masked(crop_init, crop_mask) if params.masked_content == "fill" else crop_init
+            return params, _Pixels(init=start, mask=crop_mask, blend=blend, original=init, region=box,
+                                   strength=params.denoising_strength)
+        start = px.fill_masked(init, mask) if params.masked_content == "fill" else init
+        return params, _Pixels(init=start, mask=mask, blend=blend, original=init, strength=params.denoising_strength)
+    return params.with_size(params.width or native, params.height or native), _Pixels()
+
+
+def _round8(value: int) -> int:
+    return max(64, min(4096, value - value % 8))
+
+
+def _finish(image: Image.Image, pixels: _Pixels) -> Image.Image:
+    """Put the generated pixels back into the original picture; outside the mask nothing changes."""
+    if pixels.original is None or pixels.blend is None:
+        return image
+    if pixels.region is not None:
+        x1, y1, x2, y2 = pixels.region
+        patch = pixels.original.copy()
+        patch.paste(image.resize((x2 - x1, y2 - y1), Image.LANCZOS), (x1, y1))
+        image = patch
+    return px.composite(pixels.original, image, pixels.blend)
+
+
+# ------------------------------------------------------------------------------------------ latents
+
+def _to_tensor(image: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
+
+
+def encode_image(model: SDModel, image: Image.Image) -> torch.Tensor:
+    """Pixels → scaled latents (the distribution's mean: deterministic for a given picture)."""
+    param = next(model.vae.parameters())
+    with torch.no_grad():
+        dist = model.vae.encode(_to_tensor(image, param.device, param.dtype)).latent_dist
+    return dist.mode().float() * model.arch.scale_factor
+
+
+def decode_latents(model: SDModel, latents: torch.Tensor) -> list[Image.Image]:
+    param = next(model.vae.parameters())
+    images = []
+    with torch.no_grad():
+        for latent in latents:  # one at a time: the decoder's activations dominate memory
+            x = model.vae.decode((latent[None] / model.arch.scale_factor).to(param.device, param.dtype)).sample
+            arr = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            images.append(Image.fromarray(arr))
+    return images
+
+
+def _latent_mask(mask: Image.Image, height: int, width: int, device: torch.device) -> torch.Tensor:
+    small = mask.resize((width // 8, height // 8), Image.BILINEAR)
+    return (torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0) > 0.0).float()[None, None].to(device)
+
+
+def _run_batch(model: SDModel, params: GenerationParams, pixels: _Pixels, cond: Conditioning,
+               uncond: Conditioning, seeds: list[int], subseeds: list[int] | None, batch_index: int,
+               control: GenerationControl) -> list[Image.Image]:
+    device = next(model.unet.parameters()).device
+    dtype = next(model.unet.parameters()).dtype
+    h, w = params.height // 8, params.width // 8
+    batch = len(seeds)
+    scheduler = make_scheduler(params.sampler, params.schedule_type, model.arch.scheduler_config,
+                               noise_seeds=seeds)
+    scheduler.set_timesteps(params.steps, device=device)
+    timesteps = scheduler.timesteps
+    noise = initial_noise(seeds, (4, h, w), device, torch.float32, subseeds=subseeds,
+                          subseed_strength=params.subseed_strength)
+    generators = step_generators(seeds, (4, h, w)) if sampler_info(params.sampler).stochastic else None
+
+    init_latents = latent_mask = inpaint_extra = None
+    if pixels.init is not None:
+        if pixels.strength <= 0.0 and pixels.mask is None:
+            return [pixels.init.copy() for _ in seeds]  # strength 0: the input, untouched
+        init_latents = encode_image(model, pixels.init).expand(batch, -1, -1, -1)
+        if pixels.mask is not None:
+            latent_mask = _latent_mask(pixels.mask, params.height, params.width, device)
+            content = getattr(params, "masked_content", "original")
+            if content == "latent noise":
+                init_latents = init_latents * (1 - latent_mask) + noise * latent_mask
+            elif content == "latent nothing":
+                init_latents = init_latents * (1 - latent_mask)
+    if model.arch.is_inpainting:
+        inpaint_extra = _inpainting_channels(model, pixels, params, batch, device)
+
+    # Starting point: pure noise, or the init latents noised to where the schedule starts.
+    start = 0
+    if init_latents is not None and pixels.strength < 1.0:
+        run_steps = min(int(params.steps * pixels.strength), params.steps)
+        start = (params.steps - run_steps) * scheduler.order
+        timesteps = timesteps[start:]
+        if len(timesteps) == 0:
+            return decode_latents(model, init_latents)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    if init_latents is not None and start > 0:
+        latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
+    else:
+        latents = noise * scheduler.init_noise_sigma
+
+    added = None
+    if model.arch.is_sdxl and cond.pooled is not None and uncond.pooled is not None:
+        time_ids = sdxl_time_ids((params.height, params.width), (0, 0), (params.height, params.width))
+        if model.arch.family == "sdxl_refiner":
+            time_ids = torch.tensor([params.height, params.width, 0, 0, 6.0])
+        time_ids = time_ids.to(device, dtype)[None].expand(2 * batch, -1)
+        added = {"text_embeds": torch.cat([uncond.pooled, cond.pooled]).to(device, dtype), "time_ids": time_ids}
+    context = torch.cat([uncond.context, cond.context]).to(device, dtype)
+
+    # Denoise.
+    control.begin_batch(batch_index, len(timesteps))
+    progress = tqdm(total=len(timesteps), desc=f"{params.mode} batch {batch_index + 1}/{params.batch_count}",
+                    leave=False, dynamic_ncols=True)
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            if control.should_stop_batch():
+                break
+            x_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            if inpaint_extra is not None:
+                x_in = torch.cat([x_in, inpaint_extra], dim=1)
+            out = model.unet(x_in.to(dtype), t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+            out_uncond, out_cond = out.float().chunk(2)
+            guided = out_uncond + params.cfg_scale * (out_cond - out_uncond)
+            latents = scheduler_step(scheduler, guided, t, latents, generators)
+            if latent_mask is not None and inpaint_extra is None:
+                # Ordinary checkpoints inpaint by putting the known area back at the next noise level.
+                known = init_latents
+                if i + 1 < len(timesteps):
+                    known = scheduler.add_noise(init_latents, noise, timesteps[i + 1:i + 2])
+                latents = known * (1 - latent_mask) + latents * latent_mask
+            progress.update(1)
+            step = i + 1
+            preview = latent_preview(latents, model.arch) if control.wants_preview(step) else None
+            control.report_step(step, preview)
+    progress.close()
+    return decode_latents(model, latents)
+
+
+def _inpainting_channels(model: SDModel, pixels: _Pixels, params: GenerationParams, batch: int,
+                         device: torch.device) -> torch.Tensor:
+    """The 5 extra input channels of an inpainting UNet: mask + latents of the masked picture.
+
+    Without a mask (txt2img on an inpainting checkpoint) everything is "to be painted" on a grey
+    picture, which is what these models were trained with for unconditional areas.
+    """
+    h, w = params.height, params.width
+    if pixels.mask is not None and pixels.init is not None:
+        hard = torch.from_numpy(np.asarray(pixels.mask, dtype=np.float32) / 255.0 > 0.5).float()
+        arr = np.asarray(pixels.init.convert("RGB"), dtype=np.float32) * (1 - hard.numpy()[..., None])
+        masked = Image.fromarray(arr.astype(np.uint8))
+        mask = _latent_mask(pixels.mask, h, w, device)
+    elif pixels.init is not None:  # img2img on an inpainting model: nothing masked, keep the picture
+        masked, mask = pixels.init, torch.zeros(1, 1, h // 8, w // 8, device=device)
+    else:
+        masked, mask = Image.new("RGB", (w, h), (127, 127, 127)), torch.ones(1, 1, h // 8, w // 8, device=device)
+    masked_latents = encode_image(model, masked)
+    extra = torch.cat([mask, masked_latents.to(device)], dim=1).expand(batch, -1, -1, -1)
+    dtype = next(model.unet.parameters()).dtype
+    return torch.cat([extra, extra]).to(dtype)
+
+
+def _infotext_fields(params: GenerationParams, seed: int, subseed: int | None | bool, model_name: str,
+                     model_hash: str, size: tuple[int, int]) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "Steps": params.steps,
+        "Sampler": params.sampler,
+        "Schedule type": params.schedule_type,
+        "CFG scale": params.cfg_scale,
+        "Seed": seed,
+        "Size": f"{size[0]}x{size[1]}",
+        "Model hash": model_hash,
+        "Model": model_name,
+    }
+    if isinstance(params, (Img2ImgParams, OutpaintParams)):
+        fields["Denoising strength"] = params.denoising_strength
+    if isinstance(params, Img2ImgParams) and not isinstance(params, InpaintParams):
+        fields["Resize mode"] = params.resize_mode
+    if isinstance(params, InpaintParams):
+        fields.update({"Mask blur": params.mask_blur, "Masked content": params.masked_content,
+                       "Inpaint area": params.inpaint_area})
+        if params.inpaint_area == "only masked":
+            fields["Masked area padding"] = params.only_masked_padding
+    if isinstance(params, OutpaintParams):
+        fields.update({"Outpaint": f"{params.left},{params.right},{params.top},{params.bottom}",
+                       "Outpaint fill": params.fill, "Mask blur": params.mask_blur})
+    if params.clip_skip > 1:
+        fields["Clip skip"] = params.clip_skip
+    if subseed is not None and subseed is not False and params.subseed_strength > 0:
+        fields["Variation seed"] = subseed
+        fields["Variation seed strength"] = params.subseed_strength
+    if params.batch_size > 1:
+        fields["Batch size"] = params.batch_size
+    return fields
