@@ -1,0 +1,91 @@
+"""The one application context: paths, settings, device policy, models and the running job.
+
+Created once in webui.py (or by a test) and passed to the UI, the API and the command line. Nothing
+else in the program holds mutable state that others import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modules.devices import DevicePolicy
+from modules.models.discovery import HashCache
+from modules.models.registry import ModelRegistry
+from modules.options import OptionsStore
+from modules.processing.control import GenerationControl
+from modules.processing.params import GenerationParams
+from modules.processing.run import GenerationResult, ImageHook, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where things live. `data_dir` holds user data (models, outputs, config); code stays in ROOT."""
+
+    data_dir: Path
+    ckpt_dirs: tuple[Path, ...]
+    outdir: Path
+
+    @classmethod
+    def make(cls, data_dir: Path | None = None, ckpt_dir: Path | None = None, outdir: Path | None = None) -> Paths:
+        data = (data_dir or ROOT).resolve()
+        dirs = [data / "models" / "Stable-diffusion"]
+        if data != ROOT:  # the embedded default model ships in the code folder
+            dirs.append(ROOT / "models" / "Stable-diffusion")
+        if ckpt_dir:
+            dirs.insert(0, ckpt_dir.resolve())
+        return cls(data_dir=data, ckpt_dirs=tuple(dirs), outdir=(outdir or data / "outputs").resolve())
+
+    @property
+    def vae_dir(self) -> Path:
+        return self.data_dir / "models" / "VAE"
+
+    @property
+    def lora_dir(self) -> Path:
+        return self.data_dir / "models" / "Lora"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.data_dir / "embeddings"
+
+    @property
+    def extensions_dir(self) -> Path:
+        return self.data_dir / "extensions"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "config.json"
+
+    @property
+    def cache_file(self) -> Path:
+        return self.data_dir / "cache.json"
+
+
+@dataclass
+class AppContext:
+    paths: Paths
+    policy: DevicePolicy
+    options: OptionsStore
+    registry: ModelRegistry
+    control: GenerationControl = field(default_factory=GenerationControl)
+    image_hooks: list[ImageHook] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, paths: Paths, policy: DevicePolicy) -> AppContext:
+        options = OptionsStore(paths.config_file)
+        registry = ModelRegistry(list(paths.ckpt_dirs), [paths.vae_dir], policy, HashCache(paths.cache_file))
+        control = GenerationControl(preview_every=options.options.show_progress_every_n_steps
+                                    if options.options.live_previews_enable else 0)
+        return cls(paths=paths, policy=policy, options=options, registry=registry, control=control)
+
+    @property
+    def outdir(self) -> Path:
+        custom = self.options.options.outdir_samples
+        return Path(custom) if custom else self.paths.outdir
+
+    def generate(self, params: GenerationParams) -> GenerationResult:
+        """The one entry for the UI, the API and the CLI: generation through the processing layer,
+        one request at a time on the device (the registry's lock queues the others)."""
+        return generate(params, self.registry, self.outdir, self.control, self.image_hooks)

@@ -1,0 +1,77 @@
+"""User settings persisted in `config.json` (the Settings tab and the API's /options edit them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from modules.errors import UserError
+
+
+@dataclass
+class Options:
+    """Settings with their defaults. Field names follow the API's option keys where one exists."""
+
+    sd_model_checkpoint: str = ""  # last selected checkpoint title/name
+    sd_vae: str = "Automatic"
+    default_sampler: str = "Euler a"
+    default_scheduler: str = "Automatic"
+    default_steps: int = 20
+    CLIP_stop_at_last_layers: int = 1  # A1111's name for CLIP skip
+    outdir_samples: str = ""  # empty: outputs/ under the data dir
+    samples_format: str = "png"
+    samples_filename_pattern: str = "[seed]"
+    grid_save: bool = False
+    live_previews_enable: bool = True
+    show_progress_every_n_steps: int = 2
+    disabled_extensions: list[str] = field(default_factory=list)
+    extension_settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class OptionsStore:
+    """Options plus their file; writes are atomic so a crash never leaves a broken config.json."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.options = Options()
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise UserError(f"{path} is not valid JSON ({exc}); fix or delete it to start with defaults.") from exc
+            known = {f.name for f in fields(Options)}
+            for key, value in data.items():
+                if key in known:
+                    setattr(self.options, key, value)
+
+    def update(self, changes: dict[str, Any], save: bool = True) -> None:
+        """Apply changes (unknown keys are refused with the list of known ones)."""
+        known = {f.name: f for f in fields(Options)}
+        unknown = [k for k in changes if k not in known]
+        if unknown:
+            raise UserError(f"Unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}.")
+        with self._lock:
+            for key, value in changes.items():
+                current = getattr(self.options, key)
+                if isinstance(current, bool) and not isinstance(value, bool):
+                    raise UserError(f"Option {key} must be true or false, got {value!r}.")
+                if isinstance(current, int) and not isinstance(current, bool):
+                    if isinstance(value, bool) or not isinstance(value, int):
+                        raise UserError(f"Option {key} must be a whole number, got {value!r}.")
+                setattr(self.options, key, value)
+            if save:
+                self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.options.to_dict(), indent=2), encoding="utf-8")
+        os.replace(tmp, self.path)
