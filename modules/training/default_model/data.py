@@ -66,7 +66,10 @@ ROTATION_PERIOD: dict[str, float] = {
 HEART_TILT = 20.0
 
 # Caption forms and how often each is drawn; "background" has no shape.
-CAPTION_FORMS: dict[str, float] = {"full": 0.60, "article": 0.15, "bare": 0.15, "background": 0.10}
+# "shape" and "shape_bg" name no colour for the shape ("a circle", "a circle on a red background"),
+# so prompts that leave the colour open (and negative prompts that name one) mean something.
+CAPTION_FORMS: dict[str, float] = {"full": 0.50, "article": 0.14, "bare": 0.12, "background": 0.10,
+                                   "shape": 0.07, "shape_bg": 0.07}
 
 RGB = tuple[int, int, int]
 
@@ -91,6 +94,10 @@ def caption_for(fg: str | None, shape: str | None, bg: str | None, form: str = "
         return f"{_article(fg)} {fg} {shape}"
     if form == "full":
         return f"{_article(fg)} {fg} {shape} on {_article(bg)} {bg} background"
+    if form == "shape":
+        return f"a {shape}"
+    if form == "shape_bg":
+        return f"a {shape} on {_article(bg)} {bg} background"
     raise ValueError(f"unknown caption form {form!r}; expected one of {sorted(CAPTION_FORMS)}")
 
 
