@@ -1,0 +1,266 @@
+"""Train the embedded default model: a small latent diffusion model with the SD 1.x structure.
+
+Three stages, deterministic from one seed:
+1. a small KL autoencoder (8× down-sampling, 4 latent channels) on crops of synthetic pictures;
+2. a data set of latents: pictures encoded once, the latent scale factor measured, and a linear
+   latent → RGB map fitted for the cheap live previews;
+3. the UNet and a small CLIP text encoder (real CLIP BPE tokenizer) trained together from scratch,
+   with caption dropout for classifier-free guidance and an EMA of the weights.
+
+The result is written as one LDM-layout .safetensors plus its .yaml, exactly the kind of pair a
+user drops into models/Stable-diffusion, and loaded by the same code.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from modules.models.arch import parse_ldm_config
+from modules.models.build import build_text_encoder, build_unet, build_vae
+from modules.models.load import SDModel, save_checkpoint
+from modules.text.conditioning import CHUNK_IDS
+from modules.text.tokenizer import BOS_ID, EOS_ID, get_tokenizer
+from modules.training.default_model.data import batch_to_tensor, make_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    seed: int = 1234
+    size: int = 128
+    vae_steps: int = 2000
+    vae_batch: int = 16
+    vae_crop: int = 64
+    vae_lr: float = 1e-3
+    dataset_size: int = 24000
+    unet_steps: int = 5000
+    unet_batch: int = 32
+    unet_lr: float = 8e-4
+    warmup: int = 250
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0
+    threads: int = 0  # 0: torch's default
+
+
+def default_model_config(size: int = 128) -> dict[str, Any]:
+    """The model's YAML in the original LDM format, with its small widths stated explicitly."""
+    return {
+        "model": {
+            "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+            "params": {
+                "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000,
+                "first_stage_key": "jpg", "cond_stage_key": "txt", "image_size": size // 8, "channels": 4,
+                "conditioning_key": "crossattn", "scale_factor": 1.0, "use_ema": False,
+                "unet_config": {
+                    "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
+                    "params": {
+                        "image_size": size // 8, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+                        "attention_resolutions": [4, 2, 1], "num_res_blocks": 2, "channel_mult": [1, 2, 2, 2],
+                        "num_heads": 4, "use_spatial_transformer": True, "transformer_depth": 1,
+                        "context_dim": 64, "legacy": False,
+                    },
+                },
+                "first_stage_config": {
+                    "target": "ldm.models.autoencoder.AutoencoderKL",
+                    "params": {
+                        "embed_dim": 4,
+                        "ddconfig": {"double_z": True, "z_channels": 4, "resolution": size, "in_channels": 3,
+                                     "out_ch": 3, "ch": 32, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1,
+                                     "attn_resolutions": [], "dropout": 0.0},
+                        "lossconfig": {"target": "torch.nn.Identity"},
+                    },
+                },
+                "cond_stage_config": {
+                    "target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
+                    # Not ViT-L: a small CLIP text tower with the real CLIP vocabulary.
+                    "params": {"text_config": {"hidden_size": 64, "num_layers": 3, "num_heads": 4,
+                                               "intermediate_size": 256}},
+                },
+            },
+        }
+    }
+
+
+def _tokens(captions: list[str]) -> torch.Tensor:
+    """77 ids per caption: BOS, tokens, EOS, EOS padding (as SD 1.x's tokenizer pads)."""
+    tok = get_tokenizer()
+    rows = []
+    for caption in captions:
+        ids = [BOS_ID] + tok.tokenize_fragment(caption)[: CHUNK_IDS - 2] + [EOS_ID]
+        rows.append(ids + [EOS_ID] * (CHUNK_IDS - len(ids)))
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ------------------------------------------------------------------------------------------- stage 1
+
+def train_vae(vae: torch.nn.Module, s: TrainSettings, rng: np.random.Generator) -> None:
+    opt = torch.optim.AdamW(vae.parameters(), lr=s.vae_lr, weight_decay=0.0)
+    vae.train()
+    start = time.time()
+    for step in range(s.vae_steps):
+        images, _ = make_batch(rng, s.vae_batch, s.size)
+        x = batch_to_tensor(images)
+        top, left = (int(v) for v in rng.integers(0, s.size - s.vae_crop + 1, size=2))
+        x = x[:, :, top: top + s.vae_crop, left: left + s.vae_crop]
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, s.vae_steps, s.vae_lr, 100)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=None)).sample
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = F.l1_loss(recon, x) + 0.5 * F.mse_loss(recon, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == s.vae_steps - 1:
+            log.info("vae step %d/%d loss %.4f (%.0fs)", step, s.vae_steps, loss.item(), time.time() - start)
+    vae.eval()
+
+
+# ------------------------------------------------------------------------------------------- stage 2
+
+@torch.no_grad()
+def encode_dataset(vae: torch.nn.Module, s: TrainSettings, rng: np.random.Generator
+                   ) -> tuple[torch.Tensor, list[str], list[float], list[list[float]], list[float]]:
+    """Latents (unscaled means) and captions of `dataset_size` pictures, the scale factor, and a
+    least-squares latent → RGB map for previews."""
+    latents, captions, pooled_rgb = [], [], []
+    for _ in range(0, s.dataset_size, 64):
+        images, caps = make_batch(rng, 64, s.size)
+        x = batch_to_tensor(images)
+        z = vae.encode(x).latent_dist.mean
+        latents.append(z)
+        captions += caps
+        pooled_rgb.append(F.avg_pool2d(x, 8))
+    z = torch.cat(latents)[: s.dataset_size]
+    rgb = torch.cat(pooled_rgb)[: s.dataset_size]
+    scale = float(1.0 / z.std())
+    flat_z = (z * scale).permute(0, 2, 3, 1).reshape(-1, 4)
+    flat_rgb = rgb.permute(0, 2, 3, 1).reshape(-1, 3)
+    design = torch.cat([flat_z, torch.ones(len(flat_z), 1)], dim=1)
+    solution = torch.linalg.lstsq(design, flat_rgb).solution  # [5, 3]
+    factors = solution[:4].tolist()
+    bias = solution[4].tolist()
+    return z, captions[: s.dataset_size], scale, factors, bias
+
+
+# ------------------------------------------------------------------------------------------- stage 3
+
+def train_unet(unet: torch.nn.Module, text_encoder: torch.nn.Module, latents: torch.Tensor,
+               captions: list[str], scale: float, s: TrainSettings, arch_schedule: dict[str, Any],
+               rng: np.random.Generator, snapshot: Any = None) -> tuple[torch.nn.Module, torch.nn.Module]:
+    betas = torch.linspace(arch_schedule["beta_start"] ** 0.5, arch_schedule["beta_end"] ** 0.5, 1000,
+                           dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1 - betas, 0).float()
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=s.unet_lr, weight_decay=0.01)
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    tokens = _tokens(captions)
+    empty = _tokens([""])[0]
+    unet.train()
+    text_encoder.train()
+    start = time.time()
+    gen = torch.Generator().manual_seed(s.seed + 7)
+    running = 0.0
+    for step in range(s.unet_steps):
+        idx = torch.from_numpy(rng.integers(0, len(latents), size=s.unet_batch))
+        z0 = latents[idx] * scale
+        ids = tokens[idx].clone()
+        drop = torch.from_numpy(rng.random(s.unet_batch) < s.caption_dropout)
+        ids[drop] = empty
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, 1000, (s.unet_batch,), generator=gen)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        context = text_encoder(ids).last_hidden_state
+        pred = unet(zt, t, encoder_hidden_states=context).sample
+        # Min-SNR weighting: the easy low-noise steps stop dominating the loss.
+        weight = torch.clamp(snr[t], max=s.min_snr_gamma) / snr[t]
+        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, s.unet_steps, s.unet_lr, s.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(s.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
+                for pe, pl in zip(ema.parameters(), live.parameters(), strict=True):
+                    pe.lerp_(pl, 1 - decay)
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if step % 100 == 0 or step == s.unet_steps - 1:
+            elapsed = time.time() - start
+            log.info("unet step %d/%d loss %.4f lr %.2e (%.0fs, eta %.0fs)", step, s.unet_steps, running,
+                     opt.param_groups[0]["lr"], elapsed, elapsed / (step + 1) * (s.unet_steps - step - 1))
+        if snapshot and step and step % 1000 == 0:
+            snapshot(ema_unet, ema_text, step)
+    return ema_unet, ema_text
+
+
+def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-shapes",
+                        work_dir: Path | None = None) -> Path:
+    """Run all three stages and write `<out_dir>/<name>.safetensors` + `.yaml`; returns the file."""
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    rng = np.random.default_rng(s.seed)
+    config = default_model_config(s.size)
+    arch = parse_ldm_config(config)
+    vae, unet = build_vae(arch), build_unet(arch)
+    text_encoder = build_text_encoder(arch.text_encoders[0])
+    with torch.no_grad():
+        # Rows of tokens the captions never use stay zero: unknown words then mean "nothing", and the
+        # shipped file compresses well.
+        text_encoder.get_input_embeddings().weight.zero_()
+
+    log.info("stage 1: autoencoder")
+    train_vae(vae, s, rng)
+    log.info("stage 2: encoding %d pictures", s.dataset_size)
+    latents, captions, scale, factors, bias = encode_dataset(vae, s, rng)
+    params = config["model"]["params"]
+    params["scale_factor"] = round(scale, 5)
+    params["latent_rgb_factors"] = [[round(v, 4) for v in row] for row in factors]
+    params["latent_rgb_bias"] = [round(v, 4) for v in bias]
+    arch = parse_ldm_config(config)
+    log.info("latent scale factor %.4f", scale)
+
+    def write(unet_: torch.nn.Module, text_: torch.nn.Module, path: Path) -> Path:
+        model = SDModel(arch=arch, unet=unet_, vae=vae, text_encoders=[text_])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".yaml").write_text(
+            "# The embedded default model: SD 1.x structure at small widths, trained by\n"
+            "# scripts/train_default_model.py on synthetic shapes (see README).\n"
+            + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        return save_checkpoint(model, path, dtype=torch.float16,
+                               metadata={"modelspec.title": name, "training.seed": str(s.seed),
+                                         "training.settings": repr(s)})
+
+    def snapshot(unet_: torch.nn.Module, text_: torch.nn.Module, step: int) -> None:
+        if work_dir:
+            write(unet_, text_, work_dir / f"{name}-step{step}.safetensors")
+
+    log.info("stage 3: UNet + text encoder")
+    ema_unet, ema_text = train_unet(unet, text_encoder, latents, captions, scale, s, arch.scheduler_config,
+                                    rng, snapshot)
+    return write(ema_unet, ema_text, out_dir / f"{name}.safetensors")

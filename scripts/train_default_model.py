@@ -1,0 +1,39 @@
+"""Train the embedded default model (models/Stable-diffusion/default-shapes.safetensors + .yaml).
+
+    python scripts/train_default_model.py [--out models/Stable-diffusion] [--seed 1234] [--unet-steps 5000]
+
+Deterministic from the seed (same thread count, same machine kind). About an hour on 2 CPU cores
+with the defaults. Not part of the test run: the tests use the shipped file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modules.training.default_model.train import TrainSettings, train_default_model  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("models/Stable-diffusion"))
+    parser.add_argument("--name", default="default-shapes")
+    parser.add_argument("--work-dir", type=Path, default=None, help="where snapshots are written every 1000 steps")
+    for f in dataclasses.fields(TrainSettings):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    settings = TrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)})
+    start = time.time()
+    path = train_default_model(args.out, settings, args.name, args.work_dir)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {(time.time() - start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
