@@ -1,0 +1,25 @@
+@echo off
+rem Set up (first run) and start the web UI; settings come from webui-user.bat.
+cd /d "%~dp0"
+if not defined PYTHON set PYTHON=python
+if not defined VENV_DIR set VENV_DIR=%~dp0venv
+if not defined TORCH_COMMAND set TORCH_COMMAND=pip install torch==2.14.1 torchvision==0.29.1
+
+if not exist "%VENV_DIR%\Scripts\python.exe" (
+    echo Creating the virtual environment in %VENV_DIR%
+    %PYTHON% -m venv "%VENV_DIR%" || goto :error
+)
+set VENV_PY=%VENV_DIR%\Scripts\python.exe
+if not exist "%VENV_DIR%\.installed" (
+    "%VENV_PY%" -c "import torch" 2>NUL || "%VENV_PY%" -m %TORCH_COMMAND% || goto :error
+    "%VENV_PY%" -m pip install -e . || goto :error
+    echo done> "%VENV_DIR%\.installed"
+)
+"%VENV_PY%" webui.py %COMMANDLINE_ARGS% %*
+pause
+exit /b
+
+:error
+echo Setting up failed; see the messages above.
+pause
+exit /b 1
