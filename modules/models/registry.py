@@ -13,8 +13,14 @@ import time
 from pathlib import Path
 
 from modules.devices import DevicePolicy, free_memory
-from modules.errors import UserError
-from modules.models.discovery import CheckpointInfo, HashCache, list_checkpoints, list_vaes
+from modules.errors import CheckpointError, UserError
+from modules.models.discovery import (
+    CHECKPOINT_SUFFIXES,
+    CheckpointInfo,
+    HashCache,
+    list_checkpoints,
+    list_vaes,
+)
 from modules.models.load import SDModel, load_checkpoint, load_vae_file
 
 log = logging.getLogger(__name__)
@@ -34,14 +40,40 @@ class ModelRegistry:
         self._current_info: CheckpointInfo | None = None
         self.checkpoints: list[CheckpointInfo] = []
         self.vaes: list[CheckpointInfo] = []
+        # Files given by path (--ckpt) that lie outside the folders: listed like the others.
+        self._added: list[CheckpointInfo] = []
+        self.preferred: CheckpointInfo | None = None  # the --ckpt choice, loaded first
         self.refresh()
 
     # ------------------------------------------------------------------ listing
     def refresh(self) -> list[CheckpointInfo]:
         """Scan the folders again (files dropped in after start-up appear)."""
-        self.checkpoints = list_checkpoints(self.checkpoint_dirs)
+        found = list_checkpoints(self.checkpoint_dirs)
+        known = {info.path.resolve() for info in found}
+        self.checkpoints = found + [info for info in self._added if info.path.resolve() not in known]
         self.vaes = list_vaes(self.vae_dirs)
         return self.checkpoints
+
+    def add_file(self, path: Path, prefer: bool = True) -> CheckpointInfo:
+        """Register a checkpoint given by path (A1111's `--ckpt`), inside the folders or not.
+
+        A file inside a checkpoint folder keeps its usual name; one elsewhere is listed by its file
+        name. `prefer` makes it the model `current()` loads first.
+        """
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"Checkpoint file not found: {path}")
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise CheckpointError(f"{path.name}: unsupported file type {path.suffix!r}; use .safetensors or .ckpt.")
+        resolved = path.resolve()
+        info = next((i for i in self.refresh() if i.path.resolve() == resolved), None)
+        if info is None:
+            info = CheckpointInfo(path=resolved, root=resolved.parent)
+            self._added.append(info)
+            self.refresh()
+        if prefer:
+            self.preferred = info
+        return info
 
     def find(self, name: str) -> CheckpointInfo:
         """A checkpoint by title (`name [hash]`), name, file name, stem or short hash; never a path."""
@@ -67,7 +99,9 @@ class ModelRegistry:
                         "Put checkpoints into models/Stable-diffusion and press refresh.")
 
     def default_checkpoint(self) -> CheckpointInfo | None:
-        """The user's first checkpoint if there is one, else the embedded default model."""
+        """The --ckpt file if given, else the user's first checkpoint, else the embedded default model."""
+        if self.preferred is not None:
+            return self.preferred
         user = [i for i in self.checkpoints if i.stem != DEFAULT_MODEL_STEM]
         if user:
             return user[0]

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Set up venv/ and run the checks: ruff, then the test suite. This is the README's test command
+# and what CI runs (.ci/run).
+#
+# The first run creates venv/, installs torch (TORCH_COMMAND, as in A1111's launcher, so a CUDA or
+# ROCm build can be chosen) and this project with its test extras. Later runs skip installing while
+# pyproject.toml, TORCH_COMMAND and the Python version are unchanged (a hash of them is kept in
+# venv/.setup-stamp); delete that file to force a reinstall.
+#
+# Environment: PYTHON (interpreter that creates the venv, default python3), TORCH_COMMAND (default
+# "pip install torch==2.14.1 torchvision==0.29.1"). Extra arguments are passed to pytest.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON="${PYTHON:-python3}"
+TORCH_COMMAND="${TORCH_COMMAND:-pip install torch==2.14.1 torchvision==0.29.1}"
+VENV=venv
+PY="$VENV/bin/python"
+STAMP="$VENV/.setup-stamp"
+
+if [ ! -x "$PY" ]; then
+    echo "Creating $VENV/ with $("$PYTHON" --version 2>&1)" >&2
+    "$PYTHON" -m venv "$VENV"
+fi
+
+wanted="$( { sha256sum pyproject.toml; printf '%s\n' "$TORCH_COMMAND"; "$PY" --version 2>&1; } | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$wanted" ]; then
+    echo "Installing torch: $TORCH_COMMAND" >&2
+    # Run with the venv's interpreter ("python -m pip install ..."), as A1111 runs TORCH_COMMAND.
+    eval "\"\$PY\" -m $TORCH_COMMAND"
+    echo "Installing the project and its test tools" >&2
+    "$PY" -m pip install -e ".[test]"
+    # Written only after both installs succeeded, so a failed install is retried next time.
+    printf '%s\n' "$wanted" > "$STAMP"
+else
+    echo "venv/ is up to date (pyproject.toml unchanged); skipping installs" >&2
+fi
+
+status=0
+echo "== ruff check ." >&2
+"$PY" -m ruff check . || status=$?
+
+echo "== pytest" >&2
+set +e
+"$PY" -m pytest -q "$@"
+tests=$?
+set -e
+if [ "$tests" -eq 5 ]; then
+    echo "pytest collected no tests: treated as a failure" >&2
+    tests=1
+fi
+
+if [ "$tests" -ne 0 ]; then
+    exit "$tests"
+fi
+exit "$status"
