@@ -1,22 +1,29 @@
-# Sourced by webui.sh and scripts/setup_and_test.sh: make sure the virtual environment exists and
-# holds this project's dependencies; sets VENV_PY. Re-installs only when pyproject.toml changed.
+# Sourced by webui.sh and scripts/setup_and_test.sh: make sure venv/ exists and holds PyTorch and
+# this project (with EXTRAS, e.g. "test"); sets VENV_PY.
+#
+# Installs run only when pyproject.toml, TORCH_COMMAND or the Python version changed, or when
+# extras are asked for that are not installed yet (a hash of them is kept in venv/.setup-stamp;
+# delete it to force a reinstall). TORCH_COMMAND runs with the venv's interpreter
+# ("python -m pip install ..."), so another CUDA build can be chosen.
 PYTHON="${PYTHON:-python3}"
 VENV_DIR="${VENV_DIR:-venv}"
 TORCH_COMMAND="${TORCH_COMMAND:-pip install torch==2.14.1 torchvision==0.29.1}"
 EXTRAS="${EXTRAS:-}"
+
 if [ ! -x "$VENV_DIR/bin/python" ]; then
-    echo "Creating the virtual environment in $VENV_DIR"
+    echo "Creating $VENV_DIR/ with $("$PYTHON" --version 2>&1)" >&2
     "$PYTHON" -m venv "$VENV_DIR"
 fi
 VENV_PY="$VENV_DIR/bin/python"
-stamp="$VENV_DIR/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)${EXTRAS:+-$EXTRAS}"
-if [ ! -f "$stamp" ]; then
-    if ! "$VENV_PY" -c "import torch" 2>/dev/null; then
-        echo "Installing PyTorch: $TORCH_COMMAND"
-        "$VENV_PY" -m $TORCH_COMMAND
-    fi
-    echo "Installing the project and its dependencies"
+_stamp="$VENV_DIR/.setup-stamp"
+_wanted="$( { sha256sum pyproject.toml; printf '%s\n' "$TORCH_COMMAND"; "$VENV_PY" --version 2>&1; } | sha256sum | cut -d' ' -f1)"
+_have="$(sed -n 1p "$_stamp" 2>/dev/null || true)"
+_have_extras="$(sed -n 2p "$_stamp" 2>/dev/null || true)"
+if [ "$_have" != "$_wanted" ] || { [ -n "$EXTRAS" ] && [ "$_have_extras" != "$EXTRAS" ]; }; then
+    echo "Installing PyTorch: $TORCH_COMMAND" >&2
+    eval "\"\$VENV_PY\" -m $TORCH_COMMAND"
+    echo "Installing the project${EXTRAS:+ with [$EXTRAS]}" >&2
     "$VENV_PY" -m pip install -e ".${EXTRAS:+[$EXTRAS]}"
-    rm -f "$VENV_DIR"/.installed-*
-    touch "$stamp"
+    # Written only after both installs succeeded, so a failed install is retried next time.
+    printf '%s\n%s\n' "$_wanted" "${EXTRAS:-$_have_extras}" > "$_stamp"
 fi

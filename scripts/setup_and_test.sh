@@ -13,29 +13,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PYTHON="${PYTHON:-python3}"
-TORCH_COMMAND="${TORCH_COMMAND:-pip install torch==2.14.1 torchvision==0.29.1}"
-VENV=venv
-PY="$VENV/bin/python"
-STAMP="$VENV/.setup-stamp"
-
-if [ ! -x "$PY" ]; then
-    echo "Creating $VENV/ with $("$PYTHON" --version 2>&1)" >&2
-    "$PYTHON" -m venv "$VENV"
-fi
-
-wanted="$( { sha256sum pyproject.toml; printf '%s\n' "$TORCH_COMMAND"; "$PY" --version 2>&1; } | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$wanted" ]; then
-    echo "Installing torch: $TORCH_COMMAND" >&2
-    # Run with the venv's interpreter ("python -m pip install ..."), as A1111 runs TORCH_COMMAND.
-    eval "\"\$PY\" -m $TORCH_COMMAND"
-    echo "Installing the project and its test tools" >&2
-    "$PY" -m pip install -e ".[test]"
-    # Written only after both installs succeeded, so a failed install is retried next time.
-    printf '%s\n' "$wanted" > "$STAMP"
-else
-    echo "venv/ is up to date (pyproject.toml unchanged); skipping installs" >&2
-fi
+EXTRAS=test
+source ./scripts/ensure_venv.sh
+PY="$VENV_PY"
 
 status=0
 echo "== ruff check ." >&2
