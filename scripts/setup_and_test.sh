@@ -17,6 +17,13 @@ EXTRAS=test
 source ./scripts/ensure_venv.sh
 PY="$VENV_PY"
 
+# The browser tests drive Debian's Chromium through Playwright (Playwright's own browser download
+# is not used: it needs the network). Installed here when missing and we may use apt.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "Installing Chromium for the browser tests" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 status=0
 echo "== ruff check ." >&2
 "$PY" -m ruff check . || status=$?

@@ -70,7 +70,7 @@ def launch(ctx: AppContext, args: argparse.Namespace, extra_tabs: Sequence[Extra
     args: `listen` (serve on 0.0.0.0), `port` (default 7860), `gradio_auth` ("u:p[,u2:p2]"),
     `autolaunch` (open a browser tab), optionally `server_name` (overrides `listen`),
     `skip_load_model_at_start`, and `api`: serve the HTTP API on the same port by calling
-    `modules.api.mount(app, ctx, args)` with the running FastAPI app. `on_app` receives that app
+    `modules.api.mount(app, ctx, args.api_auth, vars(args))` with the running FastAPI app. `on_app` receives that app
     too (for other routes), and `extra_tabs` / `scripts` are the extension hooks (see hooks.py).
     """
     auth = parse_auth(getattr(args, "gradio_auth", None))
@@ -118,8 +118,8 @@ def _mount_api(app: Any, ctx: AppContext, args: argparse.Namespace) -> None:
     api = importlib.import_module("modules.api")
     mount = getattr(api, "mount", None)
     if mount is None:
-        raise UserError("--api: modules.api has no mount(app, ctx, args) to add its routes to the web UI's server.")
-    mount(app, ctx, args)
+        raise UserError("--api: modules.api has no mount(app, ctx, auth, flags) to add its routes to the web UI's server.")
+    mount(app, ctx, getattr(args, "api_auth", None), vars(args))
 
 
 SELF_CHECK_SECONDS = 60.0
