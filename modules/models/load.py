@@ -150,6 +150,9 @@ def save_checkpoint(model: SDModel, path: str | Path, dtype: torch.dtype | None 
     os.close(fd)
     try:
         save_file(out, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -52,6 +52,9 @@ class TrainSettings:
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
+    # Offset noise: a per-image, per-channel constant added to the noise, so the model learns to move
+    # the picture's mean colour (plain backgrounds); without it backgrounds drift to the latent mean.
+    offset_noise: float = 0.1
     threads: int = 0  # 0: torch's default
 
 
@@ -189,6 +192,8 @@ def train_unet(unet: torch.nn.Module, text_encoder: torch.nn.Module, latents: to
         drop = torch.from_numpy(rng.random(s.unet_batch) < s.caption_dropout)
         ids[drop] = empty
         noise = torch.randn(z0.shape, generator=gen)
+        if s.offset_noise:
+            noise = noise + s.offset_noise * torch.randn(z0.shape[0], z0.shape[1], 1, 1, generator=gen)
         t = torch.randint(0, 1000, (s.unet_batch,), generator=gen)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
@@ -219,8 +224,11 @@ def train_unet(unet: torch.nn.Module, text_encoder: torch.nn.Module, latents: to
 
 
 def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-shapes",
-                        work_dir: Path | None = None) -> Path:
-    """Run all three stages and write `<out_dir>/<name>.safetensors` + `.yaml`; returns the file."""
+                        work_dir: Path | None = None, init_from: Path | None = None) -> Path:
+    """Run all three stages and write `<out_dir>/<name>.safetensors` + `.yaml`; returns the file.
+
+    `init_from`: continue from an earlier result of this script (its autoencoder is kept, stage 1 is
+    skipped, stages 2 and 3 run again with `s`)."""
     if s.threads:
         torch.set_num_threads(s.threads)
     # Tiny gradients and Adam moments turn denormal as training settles; on x86 CPUs each denormal
@@ -237,11 +245,25 @@ def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-sh
         # shipped file compresses well.
         text_encoder.get_input_embeddings().weight.zero_()
 
-    log.info("stage 1: autoencoder")
-    train_vae(vae, s, rng)
+    if init_from is not None:
+        from modules.devices import DevicePolicy
+        from modules.models.load import load_checkpoint
+
+        start = load_checkpoint(init_from, DevicePolicy.cpu())
+        config, arch = start.arch.raw, start.arch
+        vae, unet, text_encoder = start.vae, start.unet.train(), start.text_encoders[0].train()
+        unet.requires_grad_(True)
+        text_encoder.requires_grad_(True)
+        log.info("continuing from %s", init_from)
+    else:
+        log.info("stage 1: autoencoder")
+        train_vae(vae, s, rng)
+    vae.requires_grad_(False)
     log.info("stage 2: encoding %d pictures", s.dataset_size)
     latents, captions, scale, factors, bias = encode_dataset(vae, s, rng)
     params = config["model"]["params"]
+    if init_from is not None:
+        scale = float(params["scale_factor"])  # the UNet already works in this scale
     params["scale_factor"] = round(scale, 5)
     params["latent_rgb_factors"] = [[round(v, 4) for v in row] for row in factors]
     params["latent_rgb_bias"] = [round(v, 4) for v in bias]
