@@ -40,15 +40,13 @@ PRECISION_CHOICES = ("auto", "full", "half", "bf16")  # modules.devices.PRECISIO
 
 def parse_auth(text: str) -> list[tuple[str, str]]:
     """`user:pass[,user2:pass2]` → [(user, pass), ...]; a password may itself contain ':'."""
-    pairs = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        user, sep, password = item.partition(":")
-        if not sep or not user or not password:
-            raise argparse.ArgumentTypeError(f"{item!r} is not user:password")
-        pairs.append((user, password))
+    from modules.credentials import parse_credentials
+    from modules.errors import UserError
+
+    try:
+        pairs = parse_credentials(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
     if not pairs:
         raise argparse.ArgumentTypeError("give at least one user:password")
     return pairs

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from modules.errors import UserError
+from modules.credentials import parse_credentials as _parse
 
 Credentials = list[tuple[str, str]]
 # Module level, not inside auth_dependency: FastAPI resolves the (postponed) annotation below by
@@ -18,24 +18,8 @@ _BASIC = HTTPBasic(auto_error=False)
 
 
 def parse_credentials(auth: str | Sequence[tuple[str, str]] | None) -> Credentials:
-    """`"user:pass,user2:pass2"` (the flag's text) or webui.py's parsed pairs → [(user, password)].
-
-    A password may contain ':' (only the first one separates); an empty entry is skipped.
-    """
-    if auth is None:
-        return []
-    if not isinstance(auth, str):
-        return [(str(user), str(password)) for user, password in auth]
-    pairs = []
-    for entry in auth.split(","):
-        entry = entry.strip()
-        if not entry:
-            continue
-        user, sep, password = entry.partition(":")
-        if not sep or not user or not password:
-            raise UserError(f"--api-auth entry {entry!r} must look like user:password (several separated by commas).")
-        pairs.append((user, password))
-    return pairs
+    """`"user:pass,user2:pass2"` (the flag's text) or webui.py's parsed pairs → [(user, password)]."""
+    return _parse(auth, "--api-auth")
 
 
 def _matches(given: HTTPBasicCredentials, credentials: Credentials) -> bool:

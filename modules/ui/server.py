@@ -14,6 +14,7 @@ import httpx
 from gradio import networking
 
 from modules.context import AppContext
+from modules.credentials import parse_credentials
 from modules.errors import UserError
 from modules.ui.app import build_ui
 from modules.ui.common import selected_checkpoint
@@ -26,25 +27,8 @@ DEFAULT_PORT = 7860
 
 
 def parse_auth(value: str | Sequence[tuple[str, str]] | None) -> list[tuple[str, str]] | None:
-    """A1111's --gradio-auth: "user:password[,user2:password2]" (a password may contain ':').
-
-    webui.py's argument parser already splits it into (user, password) pairs; those pass through.
-    """
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        return [(str(user), str(password)) for user, password in value] or None
-    pairs = []
-    for entry in value.split(","):
-        entry = entry.strip()
-        if not entry:
-            continue
-        user, sep, password = entry.partition(":")
-        if not sep or not user or not password:
-            raise UserError(f"--gradio-auth entry {entry!r} must look like user:password "
-                            "(several separated by commas).")
-        pairs.append((user, password))
-    return pairs or None
+    """A1111's --gradio-auth (text or webui.py's parsed pairs); None when no login is set."""
+    return parse_credentials(value, "--gradio-auth") or None
 
 
 def load_initial_model(ctx: AppContext) -> None:
