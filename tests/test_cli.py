@@ -218,7 +218,7 @@ def test_help_defaults_match_the_params() -> None:
 
 def test_bad_auth_flag_is_refused_by_the_parser() -> None:
     result = run_webui("--gradio-auth", "nocolon", timeout=600)
-    assert result.returncode == 2 and "'nocolon' is not user:password" in result.stderr
+    assert result.returncode == 2 and "'nocolon' must look like user:password" in result.stderr
 
 
 _ENV_PROBE = r"""

@@ -100,7 +100,9 @@ def test_build_ui_loads_nothing_and_wires_every_mode(data_dir: Path, tmp_path: P
     assert ctx.registry.current_info is None  # building the page loads no model
     assert {"txt2img", "img2img", "inpaint", "outpaint"} <= {fn.api_name for fn in demo.fns.values()}
     (dropdown,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "sd_checkpoint"]
-    assert [c[0] for c in dropdown.choices] == ["tiny.safetensors"] and dropdown.value == "tiny.safetensors"
+    # The embedded default model (in the code folder) is always listed beside the data dir's models.
+    assert [c[0] for c in dropdown.choices] == ["default-shapes.safetensors", "tiny.safetensors"]
+    assert dropdown.value == "tiny.safetensors"
 
 
 def test_extension_hooks_reach_the_page_and_the_params(data_dir: Path, tmp_path: Path) -> None:
