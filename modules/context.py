@@ -88,4 +88,5 @@ class AppContext:
     def generate(self, params: GenerationParams) -> GenerationResult:
         """The one entry for the UI, the API and the CLI: generation through the processing layer,
         one request at a time on the device (the registry's lock queues the others)."""
-        return generate(params, self.registry, self.outdir, self.control, self.image_hooks)
+        return generate(params, self.registry, self.outdir, self.control, self.image_hooks,
+                        lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir)

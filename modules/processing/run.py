@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from modules.errors import UserError
 from modules.images import make_grid, save_grid, save_image
 from modules.models.load import SDModel
 from modules.models.registry import ModelRegistry
+from modules.networks.prompt import prepare as prepare_networks
 from modules.processing import inpaint as px
 from modules.processing.control import GenerationControl
 from modules.processing.infotext import format_infotext
@@ -62,12 +64,16 @@ ImageHook = Callable[[Image.Image, str, GenerationParams], Image.Image | None]
 
 def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | None = None,
              control: GenerationControl | None = None, image_hooks: list[ImageHook] | None = None,
-             ) -> GenerationResult:
-    """Run one generation request; holds the device for its duration (requests queue on it)."""
+             lora_dir: Path | None = None, embeddings_dir: Path | None = None) -> GenerationResult:
+    """Run one generation request; holds the device for its duration (requests queue on it).
+
+    `<lora:NAME:WEIGHT>` tags load NAME from `lora_dir`, embeddings named in the prompts come from
+    `embeddings_dir`; both apply to this request only.
+    """
     control = control or GenerationControl()
     # 1. Check inputs: every user error surfaces here, before anything is computed or written.
     params = params.validate()
-    with registry.lock:
+    with registry.lock, ExitStack() as stack:
         model = registry.load(params.checkpoint) if params.checkpoint else registry.current()
         info = registry.current_info
         model_name = info.stem if info else "unknown"
@@ -80,10 +86,15 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
         total = params.batch_size * params.batch_count
         seeds = [seed + i for i in range(total)]
         subseeds = [subseed + i for i in range(total)] if subseed >= 0 else None
-        encoder = PromptEncoder(model.arch.text_encoders, model.text_encoders)
+        # LoRAs and embeddings the prompts name: loaded (or refused) before any work; the LoRAs stay
+        # merged until this request ends, text encoding included (text-encoder LoRAs).
+        networks = prepare_networks([params.prompt, params.negative_prompt], model, lora_dir, embeddings_dir)
+        stack.enter_context(networks.applied(model))
+        encoder = PromptEncoder(model.arch.text_encoders, model.text_encoders, embeddings=networks.embeddings)
         # Prompts are the same for every batch: encode once, reuse across the batch count.
         cond, uncond = encoder.encode_for_cfg([params.prompt] * params.batch_size,
                                               [params.negative_prompt] * params.batch_size, params.clip_skip)
+        network_fields = networks.infotext_fields(encoder.embeddings.used if encoder.embeddings else None)
         result = GenerationResult(images=[], infotexts=[], seeds=[], params=params)
         control.begin(params.batch_count, params.steps)
         try:
@@ -95,9 +106,9 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                 images = _run_batch(model, params, pixels, cond, uncond, batch_seeds, batch_subseeds, n, control)
                 for i, image in enumerate(images):
                     image = _finish(image, pixels)
-                    text = format_infotext(params.prompt, params.negative_prompt,
-                                           _infotext_fields(params, batch_seeds[i], subseeds and batch_subseeds[i],
-                                                            model_name, model_hash, image.size))
+                    fields = _infotext_fields(params, batch_seeds[i], subseeds and batch_subseeds[i],
+                                              model_name, model_hash, image.size)
+                    text = format_infotext(params.prompt, params.negative_prompt, {**fields, **network_fields})
                     for hook in image_hooks or []:
                         image = hook(image, text, params) or image
                     result.images.append(image)

@@ -9,12 +9,14 @@ each token's vector by its weight and then restores the chunk's mean, as A1111 d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from modules.models.arch import TextEncoderSpec
+from modules.text.embeddings import PLACEHOLDER_BASE, EmbeddingTable, EmbeddingVectors
 from modules.text.prompt_parser import extract_lora_tags, parse_prompt_attention
 from modules.text.tokenizer import BOS_ID, EOS_ID, get_tokenizer
 
@@ -39,11 +41,13 @@ class PromptChunk:
     weights: list[float]
 
 
-def tokenize_prompt(prompt: str, comma_id: int | None = None) -> tuple[list[PromptChunk], int]:
+def tokenize_prompt(prompt: str, comma_id: int | None = None,
+                    embeddings: EmbeddingTable | None = None) -> tuple[list[PromptChunk], int]:
     """Chunks of `prompt` and the token count A1111 shows (75 per full chunk + the last chunk's).
 
     Always at least one chunk: an empty prompt is one empty chunk. `comma_id` enables the comma
-    backtrack; None looks it up in the shared tokenizer.
+    backtrack; None looks it up in the shared tokenizer. With `embeddings`, an embedding's name
+    becomes its placeholder tokens, kept together in one chunk (as A1111 does).
     """
     tokenizer = get_tokenizer()
     if comma_id is None:
@@ -65,7 +69,15 @@ def tokenize_prompt(prompt: str, comma_id: int | None = None) -> tuple[list[Prom
         if fragment.is_break:
             close_chunk()
             continue
-        for token in tokenizer.tokenize_fragment(fragment.text):
+        fragment_tokens = tokenizer.tokenize_fragment(fragment.text)
+        for group in embeddings.splice(fragment_tokens) if embeddings else [[t] for t in fragment_tokens]:
+            if len(group) > 1 or group[0] >= PLACEHOLDER_BASE:
+                if len(tokens) + len(group) > CHUNK_TOKENS:
+                    close_chunk()
+                tokens.extend(group)
+                weights.extend([fragment.weight] * len(group))
+                continue
+            token = group[0]
             if token == comma_id:
                 last_comma = len(tokens)
             elif len(tokens) == CHUNK_TOKENS and last_comma >= 0 and CHUNK_TOKENS - last_comma <= COMMA_BACKTRACK:
@@ -119,7 +131,8 @@ def apply_emphasis(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 class PromptEncoder:
     """Encodes prompts with one or more text encoders (`build_text_encoder(spec)` modules)."""
 
-    def __init__(self, specs: Sequence[TextEncoderSpec], encoders: Sequence[torch.nn.Module]) -> None:
+    def __init__(self, specs: Sequence[TextEncoderSpec], encoders: Sequence[torch.nn.Module],
+                 embeddings: Mapping[str, EmbeddingVectors] | None = None) -> None:
         if not specs or len(specs) != len(encoders):
             raise ValueError("PromptEncoder needs one encoder per TextEncoderSpec")
         for spec in specs:
@@ -128,10 +141,12 @@ class PromptEncoder:
         self.specs = tuple(specs)
         self.encoders = tuple(encoders)
         self.comma_id = get_tokenizer().token_id(",</w>")
+        # Textual-inversion embeddings by name; `self.embeddings.used` says which prompts used.
+        self.embeddings = EmbeddingTable(embeddings) if embeddings else None
 
     def _chunks(self, prompt: str) -> tuple[list[PromptChunk], int]:
         # LoRA tags are instructions for the loader, not text for the model (A1111 strips them too).
-        return tokenize_prompt(extract_lora_tags(prompt)[0], self.comma_id)
+        return tokenize_prompt(extract_lora_tags(prompt)[0], self.comma_id, self.embeddings)
 
     def count_tokens(self, prompt: str) -> tuple[int, int]:
         """(tokens used, token limit = 75 x chunks) for the UI's token counter."""
@@ -167,14 +182,15 @@ class PromptEncoder:
         contexts: list[torch.Tensor] = []
         pooled_parts: list[torch.Tensor] = []
         out_device = _param(self.encoders[0]).device
-        for spec, encoder in zip(self.specs, self.encoders, strict=True):
+        for index, (spec, encoder) in enumerate(zip(self.specs, self.encoders, strict=True)):
             rows = [chunk_ids(chunk, spec.pad_with_eos) for chunks in per_prompt for chunk in chunks]
             param = _param(encoder)
             ids = torch.tensor([r[0] for r in rows], dtype=torch.long, device=param.device)
             weights = torch.tensor([r[1] for r in rows], dtype=torch.float32, device=param.device)
             # All chunks of all prompts in one pass: the encoder is causal and unmasked, so chunks
             # do not see each other and batching gives the same result as one chunk at a time.
-            out = encoder(input_ids=ids, output_hidden_states=True)
+            with self.embeddings.hooked(encoder, index, ids) if self.embeddings else nullcontext(ids) as ids:
+                out = encoder(input_ids=ids, output_hidden_states=True)
             z = out.hidden_states[-self._layer_from_end(spec, clip_skip)]
             if spec.final_layer_norm:
                 z = _final_layer_norm(encoder)(z)
