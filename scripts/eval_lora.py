@@ -1,10 +1,10 @@
 """Teach the embedded default model a new shape with a LoRA and measure it with the judge.
 
-    python scripts/eval_lora.py [--shape heart] [--pictures 32] [--steps 300] [--seeds 3]
+    python scripts/eval_lora.py [--shape heart] [--pictures 32] [--steps 500] [--seeds 3]
 
 Writes a training folder of the shape (data.py's drawing, captions "a red heart on a blue background"),
 trains a LoRA on a fresh copy of the model exactly as `webui.py train-lora` does, then generates every
-evaluation prompt at fixed seeds without the LoRA, with it at weight 1 and at weight 0, and prints how
+evaluation prompt at fixed seeds without the LoRA and with it at weight 1, and prints how
 often the judge sees the shape (and the asked colours). The model is DEFAULT_MODEL_PATH or the shipped one.
 """
 
@@ -26,7 +26,13 @@ from modules.devices import DevicePolicy  # noqa: E402
 from modules.models.discovery import HashCache  # noqa: E402
 from modules.models.load import load_checkpoint  # noqa: E402
 from modules.models.registry import DEFAULT_MODEL_STEM, ModelRegistry  # noqa: E402
-from modules.training.default_model.lora_check import EVAL_PAIRS, judge_prompts, rates, write_shape_folder  # noqa: E402
+from modules.training.default_model.lora_check import (  # noqa: E402
+    EVAL_PAIRS,
+    FOLLOWED_PAIRS,
+    judge_prompts,
+    rates,
+    write_shape_folder,
+)
 from modules.training.lora.train import LoraTrainSettings, train_lora  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,16 +44,18 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path(os.environ.get("DEFAULT_MODEL_PATH", SHIPPED)))
     parser.add_argument("--shape", default="heart", choices=("heart", "crescent"))
     parser.add_argument("--pictures", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--alpha", type=float, default=8.0)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--train-text-encoder", action="store_true")
-    parser.add_argument("--min-snr-gamma", type=float, default=0.0)
+    parser.add_argument("--min-snr-gamma", type=float, default=5.0)
+    parser.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"))
+    parser.add_argument("--unet-layers", default="transformer", choices=("transformer", "attention"))
     parser.add_argument("--seeds", type=int, default=3, help="seeds per evaluation prompt")
     parser.add_argument("--sample-steps", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's choice)")
     parser.add_argument("--work", type=Path, default=None, help="keep the folder and LoRA here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -59,7 +67,8 @@ def main() -> None:
     write_shape_folder(data, args.shape, args.pictures)
     settings = LoraTrainSettings(data_dir=data, name=f"{args.shape}-lora", rank=args.rank, alpha=args.alpha,
                                  learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
-                                 train_text_encoder=args.train_text_encoder, min_snr_gamma=args.min_snr_gamma)
+                                 train_text_encoder=args.train_text_encoder, min_snr_gamma=args.min_snr_gamma,
+                                 lr_schedule=args.lr_schedule, unet_targets=args.unet_layers)
     start = time.time()
     result = train_lora(load_checkpoint(args.model, DevicePolicy.cpu()), settings, lora_dir)
     train_seconds = time.time() - start
@@ -74,12 +83,15 @@ def main() -> None:
     }
     print(f"\nmodel {args.model.name}; {args.pictures} pictures of a {args.shape}; {result.steps} steps, batch "
           f"{args.batch_size}, rank {args.rank}, lr {args.lr}: trained in {train_seconds:.0f}s, final loss {result.loss:.4f}")
+    followed = set(FOLLOWED_PAIRS)
+    runs |= {f"{label} (followed pairs)": [j for j in judged if (j.fg, j.bg) in followed]
+             for label, judged in list(runs.items())}
     for label, judged in runs.items():
         shape_rate, colour_rate, all_rate = rates(judged)
         seen: dict[str | None, int] = {}
         for j in judged:
             seen[j.verdict.shape] = seen.get(j.verdict.shape, 0) + 1
-        print(f"{label:8s} {args.shape} seen {shape_rate:5.0%}, in the asked colour {colour_rate:5.0%}, "
+        print(f"{label:25s} {args.shape} seen {shape_rate:5.0%}, in the asked colour {colour_rate:5.0%}, "
               f"also on the asked background {all_rate:5.0%}  (shapes seen: {seen})")
     for j in runs["lora 1"]:
         if not j.colour_ok:

@@ -18,7 +18,7 @@ import gradio as gr
 from modules.context import AppContext
 from modules.errors import UserError
 from modules.training.lora.run import TrainJob, start_training
-from modules.training.lora.train import LoraTrainSettings
+from modules.training.lora.train import LR_SCHEDULES, UNET_TARGETS, LoraTrainSettings
 from modules.ui.common import checkpoint_names, error_html, info_html, selected_checkpoint
 
 POLL_SECONDS = 1.0
@@ -113,6 +113,12 @@ def build_train_tab(ctx: AppContext) -> None:
                     checkpointing = gr.Dropdown(["Automatic", "On", "Off"], value="Automatic",
                                                 label="Gradient checkpointing", info="Automatic: on for CUDA",
                                                 elem_id="train_gradient_checkpointing")
+                with gr.Row():
+                    schedule = gr.Dropdown(list(LR_SCHEDULES), value="constant", label="Learning-rate schedule",
+                                           info="cosine: down to 0 at the last step", elem_id="train_lr_schedule")
+                    layers = gr.Dropdown(list(UNET_TARGETS), value="transformer", label="UNet layers",
+                                         info="transformer: all linear layers of the attention blocks (kohya's "
+                                              "default); attention: q/k/v/out only", elem_id="train_unet_layers")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="train_start")
                 stop = gr.Button("Stop", elem_id="train_stop")
@@ -123,7 +129,8 @@ def build_train_tab(ctx: AppContext) -> None:
             message = gr.HTML("", elem_id="train_message")
 
     inputs = [checkpoint, data_dir, name, default_caption, rank, alpha, lr, steps, batch_size, resolution, bucket,
-              seed, train_te, te_lr, sample_every, save_every, sample_prompts, warmup, min_snr, checkpointing]
+              seed, train_te, te_lr, sample_every, save_every, sample_prompts, warmup, min_snr, checkpointing,
+              schedule, layers]
 
     def on_start(ckpt: str | None, folder: str, lora_name: str, caption: str, *values: Any
                  ) -> Iterator[tuple[Any, Any, Any]]:
@@ -162,7 +169,8 @@ def build_train_tab(ctx: AppContext) -> None:
 def make_settings(folder: str, name: str, caption: str, rank: float, alpha: float, lr: float, steps: float,
                   batch_size: float, resolution: float, bucket: bool, seed: float, train_te: bool, te_lr: float,
                   sample_every: float, save_every: float, sample_prompts: str, warmup: float, min_snr: float,
-                  checkpointing: str) -> LoraTrainSettings:
+                  checkpointing: str, lr_schedule: str = "constant", unet_layers: str = "transformer",
+                  ) -> LoraTrainSettings:
     """The tab's values as checked settings (a UserError says what to fix)."""
     if not (folder or "").strip():
         raise UserError("Give the folder with the training pictures.")
@@ -173,5 +181,6 @@ def make_settings(folder: str, name: str, caption: str, rank: float, alpha: floa
         text_encoder_lr=float(te_lr or 0), sample_every=int(sample_every or 0), save_every=int(save_every or 0),
         sample_prompts=tuple(line.strip() for line in (sample_prompts or "").splitlines() if line.strip()),
         warmup_steps=int(warmup or 0), min_snr_gamma=float(min_snr or 0),
-        gradient_checkpointing={"On": True, "Off": False}.get(checkpointing),
+        gradient_checkpointing={"On": True, "Off": False}.get(checkpointing), lr_schedule=lr_schedule,
+        unet_targets=unet_layers,
     ).validate()

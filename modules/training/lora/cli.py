@@ -49,6 +49,11 @@ def add_train_lora_parser(subparsers: argparse._SubParsersAction,
                    help="aspect-ratio buckets instead of square centre crops")
     g.add_argument("--seed", type=int, default=1234, help="seed (default: 1234)")
     g.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps (default: 0)")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="learning rate after the warm-up: constant, or cosine down to 0 (default: constant)")
+    g.add_argument("--unet-layers", choices=("transformer", "attention"), default="transformer",
+                   help="UNet layers with adapters: every linear layer of the attention blocks (kohya's default), "
+                        "or only the attention projections q/k/v/out (default: transformer)")
     g.add_argument("--min-snr-gamma", type=float, default=0.0, help="min-SNR loss weighting, e.g. 5 (default: off)")
     g.add_argument("--sample-every", type=int, default=0, metavar="N",
                    help="make sample pictures every N steps (default: 0 = never)")
@@ -74,6 +79,7 @@ def settings_from_args(args: argparse.Namespace) -> LoraTrainSettings:
         train_text_encoder=args.train_text_encoder, text_encoder_lr=args.text_encoder_lr, steps=args.steps,
         batch_size=args.batch_size, resolution=args.resolution, bucket=args.bucket, seed=args.seed,
         default_caption=args.default_caption, warmup_steps=args.warmup_steps, min_snr_gamma=args.min_snr_gamma,
+        lr_schedule=args.lr_schedule, unet_targets=args.unet_layers,
         sample_every=args.sample_every, sample_prompts=tuple(args.sample_prompt), save_every=args.save_every,
         gradient_checkpointing=args.gradient_checkpointing, save_dtype=args.save_precision,
     ).validate()

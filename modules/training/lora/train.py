@@ -41,8 +41,15 @@ from modules.training.lora.export import addnet_hashes, kohya_state_dict, save_l
 
 log = logging.getLogger(__name__)
 
-UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# Which UNet layers get adapters. "attention": the attention projections only; "transformer": every
+# linear layer of the attention (transformer) blocks, also their projections in and out and the
+# feed-forward, as kohya's sd-scripts does by default: more capacity for new shapes and styles.
+UNET_TARGETS = {
+    "attention": ("to_q", "to_k", "to_v", "to_out.0"),
+    "transformer": ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"),
+}
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+LR_SCHEDULES = ("constant", "cosine")
 _BAD_NAME_CHARS = set('/\\:*?"<>|') | {"\0"}
 
 
@@ -64,6 +71,8 @@ class LoraTrainSettings:
     seed: int = 1234
     default_caption: str = ""  # for pictures without a .txt; "" uses the LoRA's name
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # or "cosine": down to 0 at the last step
+    unet_targets: str = "transformer"  # a key of UNET_TARGETS
     min_snr_gamma: float = 0.0  # 0: off; 5 is the usual value
     sample_every: int = 0  # 0: no sample pictures
     sample_prompts: tuple[str, ...] = ()  # default: the first caption
@@ -87,6 +96,8 @@ class LoraTrainSettings:
                   (self.warmup_steps >= 0 and self.sample_every >= 0 and self.save_every >= 0,
                    "Warm-up, sample and save intervals cannot be negative."),
                   (self.min_snr_gamma >= 0, "Min-SNR gamma cannot be negative."),
+                  (self.lr_schedule in LR_SCHEDULES, f"Learning-rate schedule must be one of {', '.join(LR_SCHEDULES)}."),
+                  (self.unet_targets in UNET_TARGETS, f"UNet layers must be one of {', '.join(UNET_TARGETS)}."),
                   (1 <= self.sample_steps <= 150, "Sample steps must be 1 to 150."),
                   (self.save_dtype in _SAVE_DTYPES, f"Save precision must be one of {', '.join(_SAVE_DTYPES)}.")]
         for ok, message in checks:
@@ -185,7 +196,7 @@ def inject_adapters(model: SDModel, settings: LoraTrainSettings) -> list[dict[st
 
     torch.manual_seed(settings.seed)  # the adapters' initial down weights
     groups: list[dict[str, object]] = []
-    parts = [(model.unet, UNET_TARGETS, settings.learning_rate)]
+    parts = [(model.unet, UNET_TARGETS[settings.unet_targets], settings.learning_rate)]
     if settings.train_text_encoder:
         te_lr = settings.text_encoder_lr or settings.learning_rate
         parts += [(encoder, TEXT_TARGETS, te_lr) for encoder in model.text_encoders]
@@ -252,13 +263,14 @@ def _metadata(settings: LoraTrainSettings, model: SDModel, prepared: _Prepared, 
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(settings.rank),
         "ss_network_alpha": str(settings.alpha),
-        "ss_network_args": json.dumps({"target_modules": list(UNET_TARGETS)}),
+        "ss_network_args": json.dumps({"unet_target_modules": list(UNET_TARGETS[settings.unet_targets])}),
         "ss_network_train_unet_only": str(not settings.train_text_encoder),
         "ss_learning_rate": str(settings.learning_rate),
         "ss_unet_lr": str(settings.learning_rate),
         "ss_text_encoder_lr": str((settings.text_encoder_lr or settings.learning_rate)
                                   if settings.train_text_encoder else 0.0),
-        "ss_lr_scheduler": "constant_with_warmup" if settings.warmup_steps else "constant",
+        "ss_lr_scheduler": (settings.lr_schedule if settings.lr_schedule != "constant" or not settings.warmup_steps
+                            else "constant_with_warmup"),
         "ss_lr_warmup_steps": str(settings.warmup_steps),
         "ss_optimizer": "torch.optim.AdamW(weight_decay=0.01)",
         "ss_max_train_steps": str(settings.steps),
@@ -448,4 +460,7 @@ def train_lora(model: SDModel, settings: LoraTrainSettings, lora_dir: Path, *, s
 def _learning_rate(step: int, settings: LoraTrainSettings) -> float:
     if settings.warmup_steps and step <= settings.warmup_steps:
         return settings.learning_rate * step / settings.warmup_steps
+    if settings.lr_schedule == "cosine":
+        done = (step - 1 - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+        return settings.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
     return settings.learning_rate
