@@ -398,6 +398,77 @@ def test_ui_pieces_build_and_insert_tags(home: Path, lora_files: dict[str, Path]
     assert insert_tag("a shinystyles", "shinystyle") == "a shinystyles, shinystyle"
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _browser_missing() -> str | None:
+    if not CHROMIUM.exists():
+        return "needs /usr/bin/chromium (apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "needs playwright (./venv/bin/pip install playwright; not `playwright install`)"
+    return None
+
+
+@pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
+def test_panel_and_train_tab_in_the_browser(home: Path, lora_files: dict[str, Path], tmp_path: Path) -> None:
+    """Clicking a LoRA / an embedding adds it to the prompt (refresh finds new files); the Train tab
+    shows loss and sample pictures while it trains, and Stop saves."""
+    import socket
+
+    import gradio as gr
+    from playwright.sync_api import sync_playwright
+
+    from modules.context import AppContext, Paths
+    from modules.ui.networks import build_networks_panel
+    from modules.ui.train_tab import build_train_tab
+
+    ctx = AppContext.create(Paths.make(home), CPU)
+    with gr.Blocks() as demo:
+        with gr.Tab("txt2img"):
+            prompt = gr.Textbox(elem_id="prompt")
+            build_networks_panel(ctx, prompt)
+        with gr.Tab("Train"):
+            build_train_tab(ctx)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.queue().launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox",
+                                                                               "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(180_000)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.fill("#prompt textarea", "a cat")
+            page.get_by_text("diffusers_style", exact=True).first.click()
+            page.wait_for_function("() => document.querySelector('#prompt textarea').value"
+                                   " === 'a cat, <lora:diffusers_style:1>'")
+            save_file({"emb_params": torch.zeros(1, 32)}, home / "embeddings" / "fresh.safetensors")
+            page.click("#networks_refresh")
+            page.get_by_text("fresh", exact=True).first.click()
+            page.wait_for_function("() => document.querySelector('#prompt textarea').value.endsWith(', fresh')")
+
+            page.get_by_role("tab", name="Train").click()
+            page.fill("#train_data_dir textarea", str(_tiny_folder(tmp_path / "pictures")))
+            page.fill("#train_name textarea", "fromui")
+            for elem_id, value in (("train_steps", 500), ("train_sample_every", 2), ("train_resolution", 64)):
+                box = page.locator(f"#{elem_id} input[type=number]")
+                box.fill(str(value))
+                box.press("Tab")
+            page.click("#train_start")
+            page.wait_for_function("() => document.querySelector('#train_progress_text')?.innerText.includes('loss')")
+            page.wait_for_selector("#train_samples img")
+            page.click("#train_stop")
+            page.wait_for_selector("#train_message :text('stopped after')")
+            browser.close()
+    finally:
+        demo.close()
+    assert (home / "models" / "Lora" / "fromui.safetensors").is_file()
+
+
 def test_buckets_keep_the_aspect_ratio() -> None:
     buckets = D.bucket_sizes(512)
     assert (512, 512) in buckets
