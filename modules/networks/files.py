@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import struct
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from modules.errors import UserError
+from modules.models.discovery import list_model_files
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
@@ -33,18 +33,13 @@ class NetworkFile:
 
 
 def list_files(folder: Path | None, suffixes: tuple[str, ...]) -> list[NetworkFile]:
-    """Files under `folder` (sub-folders too, hidden files and temp files skipped), sorted by name."""
-    if folder is None or not folder.is_dir():
+    """Files under `folder` (sub-folders too, hidden files skipped), sorted by name."""
+    if folder is None:
         return []
     found: dict[str, NetworkFile] = {}
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(filenames):
-            path = Path(dirpath) / filename
-            if filename.startswith(".") or path.suffix.lower() not in suffixes:
-                continue
-            # The first file of a name wins (the shallowest, then alphabetical), as in A1111.
-            found.setdefault(path.stem, NetworkFile(path.stem, path))
+    # The first file of a name wins (the shallowest, then alphabetical), as in A1111.
+    for info in sorted(list_model_files([folder], suffixes), key=lambda i: (i.name.count("/"), i.name)):
+        found.setdefault(info.stem, NetworkFile(info.stem, info.path))
     return sorted(found.values(), key=lambda f: f.name.lower())
 
 
