@@ -9,3 +9,5 @@ export COMMANDLINE_ARGS="${COMMANDLINE_ARGS:-}"
 
 # export PYTHON=python3.11
 # export VENV_DIR=venv
+# Use VENV_DIR as it is, installing nothing (a venv you manage yourself or share between checkouts):
+# export SKIP_INSTALL=1

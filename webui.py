@@ -30,6 +30,7 @@ os.environ.update(OFFLINE_ENV)
 
 if TYPE_CHECKING:
     from modules.context import AppContext
+    from modules.extensions import LoadedExtensions
 
 log = logging.getLogger("webui")
 
@@ -189,7 +190,7 @@ def _import_part(name: str, what: str) -> Any:
                         "./scripts/setup_and_test.sh (or pip install -e .).") from exc
 
 
-def launch(ctx: AppContext, args: argparse.Namespace) -> int:
+def launch(ctx: AppContext, args: argparse.Namespace, extensions: LoadedExtensions | None = None) -> int:
     """Serve the web UI (with the API mounted when --api) or, with --nowebui, the API alone.
 
     Launchers get the parsed flags: `args.port` is resolved to a number, `args.server_name` is the
@@ -211,7 +212,11 @@ def launch(ctx: AppContext, args: argparse.Namespace) -> int:
             ctx.registry.current()
         except UserError as exc:  # the UI still starts: models can be added and refreshed there
             log.warning("No model loaded: %s", exc)
-    part.launch(ctx, args)
+    if args.nowebui:
+        part.launch(ctx, args)
+    else:  # the extensions' tabs and scripts, and the Extensions tab listing them
+        tabs, scripts = part.extension_hooks(extensions) if extensions is not None else ([], [])
+        part.launch(ctx, args, extra_tabs=tabs, scripts=scripts)
     return 0
 
 
@@ -229,11 +234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.compile:
             log.warning("--compile is not used by this version yet; running without torch.compile.")
         ctx = create_context(args)
+        from modules.extensions import load_extensions
+
+        extensions = load_extensions(ctx)  # their image hooks apply to the command line too
         if args.command:
             from modules import cli
 
             return cli.run(ctx, args)
-        return launch(ctx, args)
+        return launch(ctx, args, extensions)
     except UserError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,8 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 from modules.ui.app import build_ui  # noqa: E402
+from modules.ui.extensions_tab import ui_hooks as extension_hooks  # noqa: E402
 from modules.ui.hooks import ExtraTab, ScriptControls, ScriptHook  # noqa: E402
 from modules.ui.server import launch, parse_auth  # noqa: E402
 
-__all__ = ["ExtraTab", "ScriptControls", "ScriptHook", "build_ui", "launch", "parse_auth"]
+__all__ = ["ExtraTab", "ScriptControls", "ScriptHook", "build_ui", "extension_hooks", "launch", "parse_auth"]

@@ -21,6 +21,7 @@ from modules.ui.hooks import ExtraTab, ScriptHook
 from modules.ui.paste import selected_result, wire_send_to
 from modules.ui.png_info import build_png_info_tab, read_picture
 from modules.ui.settings import build_settings_tab
+from modules.ui.train_tab import build_train_tab
 
 TITLE = "Stable Diffusion"
 
@@ -38,6 +39,8 @@ def build_ui(ctx: AppContext, extra_tabs: Sequence[ExtraTab] = (), scripts: Sequ
                     generation[mode] = build_generation_tab(ctx, mode, size, scripts)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_info = build_png_info_tab()
+            with gr.Tab("Train", id="train", elem_id="tab_train"):
+                build_train_tab(ctx)
             for extra in extra_tabs:
                 with gr.Tab(extra.label, id=extra.elem_id or extra.label, elem_id=extra.elem_id):
                     extra.build(ctx)

@@ -18,6 +18,7 @@ from modules.sampling.samplers import SCHEDULE_TYPES, list_samplers, sampler_inf
 from modules.ui import modes
 from modules.ui.common import build_seed_row, loaded_native_size
 from modules.ui.hooks import ScriptControls, ScriptHook, apply_scripts
+from modules.ui.networks import build_networks_panel
 from modules.ui.progress import ProgressOutputs, run_with_progress
 
 SIZE_SLIDER_MAX = 2048  # A1111's slider range
@@ -96,6 +97,8 @@ def build_generation_tab(ctx: AppContext, mode: str, default_size: int,
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{mode}_interrupt", size="sm", min_width=60)
                 skip = gr.Button("Skip", elem_id=f"{mode}_skip", size="sm", min_width=60)
+    with gr.Accordion("LoRA / Embeddings", open=False, elem_id=f"{mode}_networks"):
+        build_networks_panel(ctx, prompt, elem_prefix=f"{mode}_networks")
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, elem_id=f"{mode}_settings"):
