@@ -413,28 +413,23 @@ def _browser_missing() -> str | None:
 
 @pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
 def test_panel_and_train_tab_in_the_browser(home: Path, lora_files: dict[str, Path], tmp_path: Path) -> None:
-    """Clicking a LoRA / an embedding adds it to the prompt (refresh finds new files); the Train tab
-    shows loss and sample pictures while it trains, and Stop saves."""
+    """In the real page: clicking a LoRA / an embedding in a generation tab's panel adds it to that
+    tab's prompt (refresh finds new files); the Train tab shows loss and sample pictures while it
+    trains, and Stop saves."""
+    import argparse
     import socket
 
-    import gradio as gr
     from playwright.sync_api import sync_playwright
 
     from modules.context import AppContext, Paths
-    from modules.ui.networks import build_networks_panel
-    from modules.ui.train_tab import build_train_tab
+    from modules.ui import launch
 
     ctx = AppContext.create(Paths.make(home), CPU)
-    with gr.Blocks() as demo:
-        with gr.Tab("txt2img"):
-            prompt = gr.Textbox(elem_id="prompt")
-            build_networks_panel(ctx, prompt)
-        with gr.Tab("Train"):
-            build_train_tab(ctx)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    demo.queue().launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    demo = launch(ctx, argparse.Namespace(listen=False, port=port, gradio_auth=None, autolaunch=False,
+                                          skip_load_model_at_start=True), block=False)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox",
@@ -442,16 +437,23 @@ def test_panel_and_train_tab_in_the_browser(home: Path, lora_files: dict[str, Pa
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(180_000)
             page.goto(f"http://127.0.0.1:{port}/")
-            page.fill("#prompt textarea", "a cat")
-            page.get_by_text("diffusers_style", exact=True).first.click()
-            page.wait_for_function("() => document.querySelector('#prompt textarea').value"
-                                   " === 'a cat, <lora:diffusers_style:1>'")
+            page.wait_for_function("() => document.body.dataset.uiReady === '1'")
+            for mode in ("txt2img", "img2img"):  # every generation tab has its own panel
+                if mode != "txt2img":
+                    page.click(f"#tab_{mode}-button")
+                prompt = f"#{mode}_prompt textarea"
+                page.fill(prompt, "a cat")
+                page.locator(f"#{mode}_networks").get_by_text("LoRA / Embeddings").first.click()  # open it
+                page.locator(f"#{mode}_networks_lora").get_by_text("diffusers_style", exact=True).click()
+                page.wait_for_function(f"() => document.querySelector('{prompt}').value"
+                                       " === 'a cat, <lora:diffusers_style:1>'")
             save_file({"emb_params": torch.zeros(1, 32)}, home / "embeddings" / "fresh.safetensors")
-            page.click("#networks_refresh")
-            page.get_by_text("fresh", exact=True).first.click()
-            page.wait_for_function("() => document.querySelector('#prompt textarea').value.endsWith(', fresh')")
+            page.click("#img2img_networks_refresh")
+            page.locator("#img2img_networks_embeddings").get_by_text("fresh", exact=True).click()
+            page.wait_for_function("() => document.querySelector('#img2img_prompt textarea').value"
+                                   ".endsWith(', fresh')")
 
-            page.get_by_role("tab", name="Train").click()
+            page.click("#tab_train-button")
             page.fill("#train_data_dir textarea", str(_tiny_folder(tmp_path / "pictures")))
             page.fill("#train_name textarea", "fromui")
             for elem_id, value in (("train_steps", 500), ("train_sample_every", 2), ("train_resolution", 64)):

@@ -103,6 +103,11 @@ def test_build_ui_loads_nothing_and_wires_every_mode(data_dir: Path, tmp_path: P
     # The embedded default model (in the code folder) is always listed beside the data dir's models.
     assert [c[0] for c in dropdown.choices] == ["default-shapes.safetensors", "tiny.safetensors"]
     assert dropdown.value == "tiny.safetensors"
+    # The Train tab, and a LoRA / embeddings panel in every generation tab (driven in test_lora.py).
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert {"tab_train", "train_start", "train_stop"} <= ids
+    assert {f"{mode}_networks_{part}" for mode in ("txt2img", "img2img", "inpaint", "outpaint")
+            for part in ("lora", "embeddings", "refresh")} <= ids
 
 
 def test_extension_hooks_reach_the_page_and_the_params(data_dir: Path, tmp_path: Path) -> None:

@@ -1,0 +1,117 @@
+"""The README's first command on a fresh clone: `./webui.sh` starts the page, which shows txt2img with
+the embedded default model selected.
+
+The repository's HEAD is cloned locally (no network) into a temporary folder; the venv running these
+tests is reused through webui.sh's own settings, VENV_DIR=<this venv> SKIP_INSTALL=1, so nothing is
+installed (and the shared venv is never re-pointed at the clone). Uncommitted changes are not in
+the clone: this checks what a user gets from `git clone`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import REPO
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+START_TIMEOUT_S = 120  # about 20 s on an idle machine; generous for a busy CI box
+READY_LINE = "Running on local URL"
+
+
+def _browser_missing() -> str | None:
+    if not CHROMIUM.exists():
+        return "needs /usr/bin/chromium (apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "needs playwright (./venv/bin/pip install playwright; not `playwright install`)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _clone_head(target: Path) -> Path:
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    subprocess.run(["git", "clone", "-q", "--no-checkout", str(REPO), str(target)], check=True)
+    subprocess.run(["git", "-C", str(target), "checkout", "-q", head], check=True)
+    return target
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """End the server's whole process group: Ctrl+C first, as a user would, then harder."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
+def test_webui_sh_on_a_fresh_clone_serves_the_txt2img_page(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    clone = _clone_head(tmp_path / "clone")
+    port = _free_port()
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "COMMANDLINE_ARGS")}
+    env.update(VENV_DIR=sys.prefix, SKIP_INSTALL="1", PYTHONUNBUFFERED="1")
+    started = time.monotonic()
+    # Its own process group (session), so that stopping it also stops anything it started.
+    proc = subprocess.Popen(["./webui.sh", "--port", str(port)], cwd=clone, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if READY_LINE in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        while not ready.wait(0.5):
+            assert proc.poll() is None, "webui.sh exited early:\n" + "".join(lines)
+            assert time.monotonic() - started < START_TIMEOUT_S, "no start within the limit:\n" + "".join(lines)
+        startup_s = time.monotonic() - started
+        assert f"http://127.0.0.1:{port}" in "".join(lines)
+        assert not any("Installing" in line or "Creating" in line for line in lines), "".join(lines)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM),
+                                         args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("() => document.body.dataset.uiReady === '1'")
+            assert page.locator("#tab_txt2img-button").get_attribute("aria-selected") == "true"
+            assert page.locator("#txt2img_generate").is_visible()
+            assert page.input_value("#sd_checkpoint input") == "default-shapes.safetensors"
+            browser.close()
+        print(f"webui.sh on a fresh clone: page served after {startup_s:.1f} s")
+    finally:
+        _stop(proc)
+    assert proc.returncode is not None
+    assert not (clone / "venv").exists()  # the existing venv was used, none was created
