@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_models import REPO
-
 pytestmark = pytest.mark.slow
 
+REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 START_TIMEOUT_S = 120  # about 20 s on an idle machine; generous for a busy CI box
 READY_LINE = "Running on local URL"
@@ -54,10 +53,10 @@ def _clone_head(target: Path) -> Path:
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
-    """End the server's whole process group: Ctrl+C first, as a user would, then harder."""
+    """End the server's whole process group: SIGTERM (Python ends at once), SIGKILL if that fails."""
     if proc.poll() is not None:
         return
-    for sig, wait in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -87,7 +86,7 @@ def test_webui_sh_on_a_fresh_clone_serves_the_txt2img_page(tmp_path: Path) -> No
     def read() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            lines.append(line)
+            lines.append(f"{time.monotonic() - started:6.1f} {line}")
             if READY_LINE in line:
                 ready.set()
 
@@ -110,8 +109,12 @@ def test_webui_sh_on_a_fresh_clone_serves_the_txt2img_page(tmp_path: Path) -> No
             assert page.locator("#txt2img_generate").is_visible()
             assert page.input_value("#sd_checkpoint input") == "default-shapes.safetensors"
             browser.close()
-        print(f"webui.sh on a fresh clone: page served after {startup_s:.1f} s")
+        page_s = time.monotonic() - started - startup_s
+        print("".join(lines))
+        print(f"webui.sh on a fresh clone: serving after {startup_s:.1f} s, page checked in {page_s:.1f} s")
     finally:
+        stopping = time.monotonic()
         _stop(proc)
+        print(f"stopped in {time.monotonic() - stopping:.1f} s")
     assert proc.returncode is not None
     assert not (clone / "venv").exists()  # the existing venv was used, none was created
