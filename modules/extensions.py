@@ -191,7 +191,7 @@ def load_extensions(ctx: AppContext, dirs: list[tuple[Path, bool]] | None = None
         if ext.status == FAILED:
             log.error("Extension %s (%s) not loaded: %s", ext.name, ext.path, ext.error)
         elif not ext.enabled:
-            log.info("Extension %s is disabled.", ext.name)
+            log.debug("Extension %s is disabled.", ext.name)
         else:
             _load(ctx, ext)
     for ext in extensions:
@@ -228,7 +228,7 @@ def _load(ctx: AppContext, ext: Extension) -> None:
         log.error("Extension %s (%s) failed to load: %s", ext.name, ext.path, ext.error, exc_info=exc)
         return
     ext.status = LOADED
-    log.info("Extension %s loaded.", ext.name)
+    log.debug("Extension %s loaded.", ext.name)
 
 
 def set_disabled(ctx: AppContext, names: list[str]) -> None:

@@ -181,9 +181,15 @@ class Server:
 def server(data_dir: Path) -> Iterator[Server]:
     if _browser_missing():
         pytest.skip(_browser_missing() or "")
+    from modules.extensions import load_extensions
+    from modules.ui import extension_hooks
+
     ctx = AppContext.create(Paths.make(data_dir=data_dir), CPU)
     port = _free_port()
-    demo = launch(ctx, argparse.Namespace(listen=False, port=port, gradio_auth=None, autolaunch=False), block=False)
+    # As webui.py does: the shipped extensions' tabs and scripts, and the Extensions tab.
+    tabs, scripts = extension_hooks(load_extensions(ctx))
+    demo = launch(ctx, argparse.Namespace(listen=False, port=port, gradio_auth=None, autolaunch=False), tabs, scripts,
+                  block=False)
     try:
         yield Server(ctx, f"http://127.0.0.1:{port}/", data_dir)
     finally:
@@ -460,6 +466,24 @@ def test_settings_apply_saves_config(page: Any, server: Server) -> None:
         assert "[nope]" in page.inner_text("#settings_result")
     finally:
         server.ctx.options.update({"default_steps": 20})
+
+
+@browser_only
+def test_extensions_tab_and_the_example_script(page: Any, server: Server) -> None:
+    """The Extensions tab lists the shipped example as loaded; its checkbox in txt2img stamps the
+    saved picture (a black bar along the bottom)."""
+    page.click("#tab_extensions-button")
+    assert "loaded" in page.inner_text("#extension_status_caption-stamp")
+    assert page.is_checked("#extension_enabled_caption-stamp input")
+    page.click("#tab_txt2img-button")
+    page.locator("#txt2img_settings").get_by_text("Caption stamp", exact=True).click()
+    page.check("#txt2img_caption_stamp input")
+    before = set(server.saved("txt2img"))
+    _generate(page, "txt2img", "a stamped circle", steps=2)
+    _wait_done(page, "txt2img")
+    (saved,) = [p for p in server.saved("txt2img") if p not in before]
+    bottom = np.asarray(Image.open(saved).convert("RGB"))[-10:]
+    assert (bottom == 0).all(axis=-1).mean() > 0.5  # mostly the bar's black, around the caption
 
 
 @browser_only

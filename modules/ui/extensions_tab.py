@@ -10,7 +10,15 @@ import gradio as gr
 
 from modules.context import AppContext
 from modules.errors import UserError
-from modules.extensions import FAILED, LOADED, LoadedExtensions, Setting, save_settings, set_disabled
+from modules.extensions import (
+    FAILED,
+    LOADED,
+    Extension,
+    LoadedExtensions,
+    Setting,
+    save_settings,
+    set_disabled,
+)
 from modules.ui.common import error_html, info_html
 from modules.ui.hooks import ExtraTab, ScriptHook
 
@@ -25,7 +33,7 @@ def ui_hooks(loaded: LoadedExtensions) -> tuple[list[ExtraTab], list[ScriptHook]
     return tabs, [ScriptHook(s.title, s.build) for s in loaded.scripts]
 
 
-def _status_html(ext: Any) -> str:
+def _status_html(ext: Extension) -> str:
     where = "shipped" if ext.builtin else "user"
     status = {LOADED: "✅ loaded", FAILED: "❌ failed"}.get(ext.status, "⏸ disabled")
     text = f"<b>{status}</b> · {where} · <code>{html.escape(str(ext.path))}</code>"
