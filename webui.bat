@@ -10,7 +10,8 @@ if not exist "%VENV_DIR%\Scripts\python.exe" (
     %PYTHON% -m venv "%VENV_DIR%" || goto :error
 )
 set VENV_PY=%VENV_DIR%\Scripts\python.exe
-if not exist "%VENV_DIR%\.installed" (
+rem SKIP_INSTALL=1: use VENV_DIR as it is and install nothing (a venv you manage yourself).
+if not defined SKIP_INSTALL if not exist "%VENV_DIR%\.installed" (
     "%VENV_PY%" -c "import torch" 2>NUL || "%VENV_PY%" -m %TORCH_COMMAND% || goto :error
     "%VENV_PY%" -m pip install -e . || goto :error
     echo done> "%VENV_DIR%\.installed"
