@@ -44,7 +44,7 @@ from modules.api.models import (
     SDVaeItem,
     Txt2ImgRequest,
 )
-from modules.api.scripts import run_script, take_script
+from modules.api.scripts import take_script
 from modules.context import AppContext
 from modules.errors import UserError
 from modules.images import read_infotext
@@ -54,6 +54,7 @@ from modules.processing.infotext import parse_infotext
 from modules.processing.params import GenerationParams
 from modules.sampling.samplers import SCHEDULE_TYPES, list_samplers, validate_sampler
 from modules.scripts.base import Script
+from modules.scripts.registry import run_script
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,7 @@ from typing import Any
 
 from modules.api.mapping import IMG2IMG_SCRIPTS, ApiError
 from modules.api.models import GenerationRequest
-from modules.context import AppContext
 from modules.errors import UserError
-from modules.processing.params import GenerationParams
-from modules.processing.run import GenerationResult
 from modules.scripts.base import Script
 from modules.scripts.registry import find_script
 
@@ -33,10 +30,3 @@ def take_script(req: GenerationRequest, mode: str) -> tuple[GenerationRequest, S
         raise ApiError(422, str(exc)) from exc
     args = script.parse_args(req.script_args)  # malformed arguments: UserError → 400
     return req.model_copy(update={"script_name": None, "script_args": []}), script, args
-
-
-def run_script(ctx: AppContext, script: Script, params: GenerationParams, args: dict[str, Any]) -> GenerationResult:
-    """Run `script`, holding the device for all its generations (other requests wait, not interleave)."""
-    params = params.validate()
-    with ctx.registry.lock:
-        return script.run(ctx, params, args)

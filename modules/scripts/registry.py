@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from modules.errors import UserError
+from modules.processing.params import GenerationParams
+from modules.processing.run import GenerationResult
 from modules.scripts.base import Script
 from modules.scripts.prompt_matrix import PromptMatrix
 from modules.scripts.sd_upscale import SDUpscale
 from modules.scripts.xyz_plot import XYZPlot
+
+if TYPE_CHECKING:
+    from modules.context import AppContext
 
 SCRIPTS: tuple[Script, ...] = (XYZPlot(), PromptMatrix(), SDUpscale())
 
@@ -26,3 +33,10 @@ def find_script(name: str, mode: str, others: tuple[str, ...] = ()) -> Script:
             return script
     available = [s.title for s in scripts_for(mode)] + list(others)
     raise UserError(f"Script not found: {name!r}; {mode} scripts: {', '.join(available)}.")
+
+
+def run_script(ctx: AppContext, script: Script, params: GenerationParams, args: dict[str, Any]) -> GenerationResult:
+    """Run `script`, holding the device for all its generations (other requests wait, not interleave)."""
+    params = params.validate()
+    with ctx.registry.lock:
+        return script.run(ctx, params, args)
