@@ -183,3 +183,20 @@ def test_malformed_script_args_are_4xx(client: TestClient, script: str, args: An
 def test_registry_lookup() -> None:
     assert find_script("x/y/z PLOT", "txt2img").title == "X/Y/Z plot"
     assert find_script("SD upscale", "inpaint").title == "SD upscale"
+
+
+def test_xyz_plot_on_img2img_with_denoising_and_sampler_axes(client: TestClient) -> None:
+    rng = np.random.default_rng(4)
+    init = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    args = xyz_args(("Denoising", "0.2,0.9"), ("Sampler", "Euler,DDIM"))
+    answer = client.post(f"{API}/img2img", json={**SMALL, "init_images": [b64(init)], "script_name": "X/Y/Z plot",
+                                                  "script_args": args})
+    grid, *cells = images_of(answer)
+    assert len(cells) == 4
+    texts = json.loads(answer.json()["info"])["infotexts"]
+    assert "Denoising strength: 0.9" in texts[2] and "Sampler: DDIM" in texts[3]
+    left, top = label_margins(["Denoising: 0.2", "Denoising: 0.9"], ["Euler", "DDIM"])
+    assert grid.size == (left + 128, top + 128)
+    # The Denoising axis needs a picture to denoise: refused on txt2img.
+    answer = client.post(f"{API}/txt2img", json={**SMALL, "script_name": "X/Y/Z plot", "script_args": args})
+    assert answer.status_code == 400 and "Denoising" in answer.json()["detail"]
