@@ -5,6 +5,7 @@ chosen script with its controls' values and refuses bad values with the script's
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import pytest
@@ -58,3 +59,47 @@ def test_script_selector_runs_the_chosen_script(ctx: AppContext) -> None:
     data[controls["x_values"]] = "1, two"
     with pytest.raises(UserError, match="'two' is not a number"):
         selector.runner(ctx, data)(Txt2ImgParams(prompt="a", width=64, height=64, steps=1, save=False))
+
+
+# ------------------------------------------------------------------------------------------ in the browser
+# The page and server fixtures of tests/test_ui.py (a tiny checkpoint, headless Chromium).
+from tests.test_ui import (  # noqa: E402, F401 - fixtures are found by name
+    _picture,
+    _set_number,
+    _upload,
+    _wait_done,
+    browser,
+    browser_only,
+    data_dir,
+    page,
+    server,
+)
+
+
+def _choose(page: Any, elem_id: str, option: str) -> None:  # noqa: F811 - the fixture name
+    page.click(f"#{elem_id} input")
+    page.click(f"[role=option]:has-text('{option}')")
+
+
+@browser_only
+def test_xyz_plot_and_extras_in_the_browser(page: Any, server: Any, tmp_path: Path) -> None:  # noqa: F811
+    _choose(page, "txt2img_script", "X/Y/Z plot")
+    page.wait_for_selector("#txt2img_script_xyz_plot_x_type", state="visible")
+    _choose(page, "txt2img_script_xyz_plot_x_type", "Steps")
+    page.locator("#txt2img_script_xyz_plot_x_values textarea, #txt2img_script_xyz_plot_x_values input").first.fill("1,2")
+    page.fill("#txt2img_prompt textarea", "a red circle")
+    _set_number(page, "txt2img_steps", 2)
+    page.click("#txt2img_generate")
+    info = _wait_done(page, "txt2img")
+    assert "Steps: 1" in info
+    page.wait_for_function("() => document.querySelectorAll('#txt2img_gallery img').length >= 3")
+    # Extras: a model file dropped in after start-up appears on refresh and upscales.
+    write_esrgan(server.data / "models" / "ESRGAN", "4x-browser", 4)
+    page.click("#tab_extras-button")
+    page.click("#extras_refresh_upscalers")
+    page.wait_for_timeout(1000)
+    _upload(page, "extras_image", _picture(tmp_path / "in.png", 32))
+    _choose(page, "extras_upscaler_1", "4x-browser")
+    page.click("#extras_generate")
+    page.wait_for_selector("#extras_message .ok-box")
+    assert "64x64" in page.inner_text("#extras_message") and "4x-browser" in page.input_value("#extras_info textarea")
