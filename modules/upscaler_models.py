@@ -41,6 +41,8 @@ class LoadedUpscaler:
         """`image` times the model's factor, computed tile by tile (`tile` 0: the whole picture at once)."""
         pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
         x = pixels.permute(2, 0, 1).unsqueeze(0)
+        if self.model.tiling != spandrel.ModelTiling.SUPPORTED:
+            tile = 0  # the model tiles internally, or its output suffers from tiling (spandrel says which)
         out = tiled(lambda t: self.model(t.to(self.device, self.dtype)).float().cpu(), x, self.scale, tile, overlap)
         array = (out[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
         return Image.fromarray(array)

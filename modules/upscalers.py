@@ -158,6 +158,10 @@ class UpscalerRegistry:
             if self._loaded is None or self._loaded[0] != path or self._loaded[1] != mtime:
                 self._loaded = None  # free the previous model before loading the next
                 self._loaded = (path, mtime, load_upscaler(path, self.device, self.dtype))
+                scale = self._loaded[2].scale
+                if self._models is not None:  # the listing guessed the factor from the name: now it is known
+                    self._models = [UpscalerInfo(u.name, u.kind, u.path, scale) if u.path == path else u
+                                    for u in self._models]
             return self._loaded[2]
 
 

@@ -112,3 +112,11 @@ def test_pickled_code_is_refused(tmp_path: Path) -> None:
         pickle.dump({"model.0.weight": Payload()}, f)
     with pytest.raises(UserError, match="evil.pth"):
         load_upscaler(path, torch.device("cpu"))
+
+
+def test_scale_is_read_from_the_model_once_loaded(tmp_path: Path) -> None:
+    write_esrgan(tmp_path / "ESRGAN", "plainname", 2)
+    registry = UpscalerRegistry([tmp_path / "ESRGAN"])
+    assert registry.model_upscalers()[0].scale == 4  # a guess: the name says nothing
+    assert registry.upscale_image(picture(8, 8), (16, 16), "plainname").size == (16, 16)
+    assert registry.model_upscalers()[0].scale == 2
