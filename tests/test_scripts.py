@@ -15,13 +15,14 @@ from PIL import Image
 from modules.api import create_api
 from modules.context import AppContext, Paths
 from modules.errors import UserError
-from modules.processing.params import Img2ImgParams
+from modules.processing.params import Img2ImgParams, Txt2ImgParams
 from modules.processing.run import GenerationResult
 from modules.scripts.axis_values import parse_numbers
 from modules.scripts.grid import label_margins
 from modules.scripts.prompt_matrix import combinations
 from modules.scripts.registry import find_script
 from modules.scripts.sd_upscale import SDUpscale, blend_tiles
+from modules.scripts.xyz_plot import XYZPlot
 from modules.upscalers import UpscalerRegistry
 from tests.test_api_tools import b64, unb64
 from tests.tiny_models import CPU, write_tiny_checkpoint
@@ -37,7 +38,9 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     write_tiny_checkpoint(home / "models" / "Stable-diffusion", "sd1", stem="tiny-b", seed=1)
     ctx = AppContext.create(Paths.make(data_dir=home), CPU)
     ctx.options.update({"sd_model_checkpoint": "tiny-a.safetensors"}, save=False)
-    return TestClient(create_api(ctx))
+    client = TestClient(create_api(ctx))
+    client.ctx = ctx  # type: ignore[attr-defined] - for the tests that run a script directly
+    return client
 
 
 def xyz_args(x: tuple[str, str], y: tuple[str, str] = ("Nothing", ""), z: tuple[str, str] = ("Nothing", ""),
@@ -200,3 +203,13 @@ def test_xyz_plot_on_img2img_with_denoising_and_sampler_axes(client: TestClient)
     # The Denoising axis needs a picture to denoise: refused on txt2img.
     answer = client.post(f"{API}/txt2img", json={**SMALL, "script_name": "X/Y/Z plot", "script_args": args})
     assert answer.status_code == 400 and "Denoising" in answer.json()["detail"]
+
+
+def test_xyz_checkpoint_axis_puts_the_loaded_model_back(client: TestClient) -> None:
+    ctx = client.ctx  # type: ignore[attr-defined]
+    ctx.registry.load("tiny-a.safetensors")
+    script = XYZPlot()
+    args = script.parse_args(["Checkpoint name", "tiny-b"])
+    result = script.run(ctx, Txt2ImgParams(prompt="a", width=64, height=64, steps=1, seed=1, save=False), args)
+    assert "Model: tiny-b" in result.infotexts[1]
+    assert ctx.registry.current_info.name == "tiny-a.safetensors"

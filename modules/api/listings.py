@@ -99,8 +99,12 @@ def add_listing_routes(router: APIRouter, ctx: AppContext) -> None:
 
     @router.get("/loras", response_model=list[LoraItem])
     def get_loras() -> list[LoraItem]:
-        return [LoraItem(name=f.name, alias=lora_metadata(f).get("ss_output_name") or f.name, path=str(f.path),
-                         metadata=lora_metadata(f)) for f in list_loras(ctx.paths.lora_dir)]
+        items = []
+        for file in list_loras(ctx.paths.lora_dir):
+            metadata = lora_metadata(file)
+            items.append(LoraItem(name=file.name, alias=metadata.get("ss_output_name") or file.name,
+                                  path=str(file.path), metadata=metadata))
+        return items
 
     @router.post("/refresh-loras")
     def refresh_loras() -> None:

@@ -122,6 +122,16 @@ class XYZPlot(Script):
 
     def run(self, ctx: AppContext, params: GenerationParams, args: dict[str, Any]) -> GenerationResult:
         axes = self.axes(ctx, params, args)
+        loaded = ctx.registry.current_info
+        try:
+            return self._run(ctx, params, args, axes)
+        finally:
+            # A Checkpoint name axis switches models: put back the one loaded before, as A1111 does.
+            if loaded is not None and ctx.registry.current_info != loaded and params.checkpoint is None:
+                ctx.registry.load(loaded)
+
+    def _run(self, ctx: AppContext, params: GenerationParams, args: dict[str, Any],
+             axes: list[tuple[AxisType, list[Any]]]) -> GenerationResult:
         if not args["no_fixed_seeds"]:  # the same seed everywhere, so only the axes change the picture
             params = replace(params, seed=resolve_seed(params.seed), subseed=resolve_seed(params.subseed))
         base = replace(params, save_grid=False)
