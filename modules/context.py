@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from modules.devices import DevicePolicy
 from modules.models.discovery import HashCache
 from modules.models.registry import ModelRegistry
@@ -16,6 +18,7 @@ from modules.options import OptionsStore
 from modules.processing.control import GenerationControl
 from modules.processing.params import GenerationParams
 from modules.processing.run import GenerationResult, ImageHook, generate
+from modules.upscalers import UpscalerRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +50,11 @@ class Paths:
         return self.data_dir / "models" / "Lora"
 
     @property
+    def upscaler_dirs(self) -> tuple[Path, ...]:
+        """Upscaler model files (ESRGAN, RealESRGAN, SwinIR, ...), as A1111's folders."""
+        return (self.data_dir / "models" / "ESRGAN", self.data_dir / "models" / "RealESRGAN")
+
+    @property
     def embeddings_dir(self) -> Path:
         return self.data_dir / "embeddings"
 
@@ -71,6 +79,7 @@ class AppContext:
     registry: ModelRegistry
     control: GenerationControl = field(default_factory=GenerationControl)
     image_hooks: list[ImageHook] = field(default_factory=list)
+    upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry)
 
     @classmethod
     def create(cls, paths: Paths, policy: DevicePolicy) -> AppContext:
@@ -78,7 +87,10 @@ class AppContext:
         registry = ModelRegistry(list(paths.ckpt_dirs), [paths.vae_dir], policy, HashCache(paths.cache_file))
         control = GenerationControl(preview_every=options.options.show_progress_every_n_steps
                                     if options.options.live_previews_enable else 0)
-        return cls(paths=paths, policy=policy, options=options, registry=registry, control=control)
+        upscalers = UpscalerRegistry(list(paths.upscaler_dirs), policy.device,
+                                     policy.dtype if policy.device.type == "cuda" else torch.float32)
+        return cls(paths=paths, policy=policy, options=options, registry=registry, control=control,
+                   upscalers=upscalers)
 
     @property
     def outdir(self) -> Path:

@@ -58,7 +58,7 @@ class GenerationRequest(_Body):
     disable_extra_networks: bool = False
     comments: dict[str, Any] | None = None
     script_name: str | None = Field(
-        default=None, description='img2img: "Outpainting mk2", "Poor man\'s outpainting" or "outpainting".')
+        default=None, description='"X/Y/Z plot", "Prompt matrix"; img2img also "SD upscale", "Outpainting mk2", "Poor man\'s outpainting", "outpainting".')
     script_args: list[Any] | dict[str, Any] = Field(default_factory=list)
     send_images: bool = True
     save_images: bool = False

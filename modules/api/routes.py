@@ -28,35 +28,37 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modules.api import mapping
 from modules.api.auth import Credentials, auth_dependency
+from modules.api.extras import add_extras_routes
+from modules.api.listings import add_listing_routes
 from modules.api.models import (
     GenerationRequest,
     ImageResponse,
     Img2ImgRequest,
-    LoraItem,
     MemoryResponse,
     PNGInfoRequest,
     PNGInfoResponse,
     ProgressResponse,
     SamplerItem,
     SchedulerItem,
-    ScriptsList,
     SDModelItem,
     SDVaeItem,
     Txt2ImgRequest,
 )
+from modules.api.scripts import take_script
 from modules.context import AppContext
 from modules.errors import UserError
 from modules.images import read_infotext
-from modules.models.discovery import CheckpointInfo, list_model_files
+from modules.models.discovery import CheckpointInfo
 from modules.options import Options
 from modules.processing.infotext import parse_infotext
 from modules.processing.params import GenerationParams
 from modules.sampling.samplers import SCHEDULE_TYPES, list_samplers, validate_sampler
+from modules.scripts.base import Script
+from modules.scripts.registry import run_script
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/sdapi/v1"
-LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 READ_ONLY_OPTIONS = ("sd_checkpoint_hash",)  # in GET /options, ignored when a client posts it back
 
 
@@ -110,23 +112,27 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
     router = APIRouter(prefix=PREFIX, route_class=ApiRoute, dependencies=dependencies, tags=["sdapi"])
     cmd_flags = public_flags(flags)
 
-    def run(req: GenerationRequest, params: GenerationParams) -> ImageResponse:
-        result = ctx.generate(params)
+    def run(req: GenerationRequest, params: GenerationParams, script: Script | None = None,
+            args: dict[str, Any] | None = None) -> ImageResponse:
+        result = run_script(ctx, script, params, args or {}) if script else ctx.generate(params)
         mapping.after_generation(ctx, req, result.params)
-        answer = mapping.build_answer(req, result)
+        # A script's answer already starts with its own grid.
+        answer = mapping.build_answer(req.model_copy(update={"do_not_save_grid": True}) if script else req, result)
         return ImageResponse(images=answer.images, parameters=mapping.echo_parameters(req), info=answer.info)
 
     # ------------------------------------------------------------------ generation
     @router.post("/txt2img", response_model=ImageResponse)
     def txt2img(req: Txt2ImgRequest) -> ImageResponse:
         req = mapping.apply_infotext(req)
-        return run(req, mapping.txt2img_params(ctx, req))
+        plain, script, args = take_script(req, "txt2img")
+        return run(req, mapping.txt2img_params(ctx, plain), script, args)
 
     @router.post("/img2img", response_model=ImageResponse)
     def img2img(req: Img2ImgRequest) -> ImageResponse:
         """img2img; inpainting with `mask`; outpainting with `script_name` "Outpainting mk2" (see docs/api.md)."""
         req = mapping.apply_infotext(req)
-        return run(req, mapping.img2img_params(ctx, req))
+        plain, script, args = take_script(req, "img2img")
+        return run(req, mapping.img2img_params(ctx, plain), script, args)
 
     @router.get("/progress", response_model=ProgressResponse)
     async def progress(skip_current_image: bool = False) -> ProgressResponse:
@@ -246,18 +252,12 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
                               default_rho=7.0 if label == "Karras" else -1.0,
                               need_inner_model=label == "Uniform") for label in SCHEDULE_TYPES]
 
-    @router.get("/scripts", response_model=ScriptsList)
-    async def get_scripts() -> ScriptsList:
-        return ScriptsList(txt2img=[], img2img=list(mapping.IMG2IMG_SCRIPTS))
-
     @router.get("/prompt-styles")
     async def get_prompt_styles() -> list[dict[str, str]]:
         return []  # no styles.csv here; `styles` in requests are ignored
 
-    @router.get("/loras", response_model=list[LoraItem])
-    def get_loras() -> list[LoraItem]:
-        return [LoraItem(name=info.stem, alias=info.stem, path=str(info.path))
-                for info in list_model_files([ctx.paths.lora_dir], LORA_SUFFIXES)]
+    add_listing_routes(router, ctx)  # upscalers, LoRAs, embeddings, scripts, ...
+    add_extras_routes(router, ctx)
 
     # ------------------------------------------------------------------ utilities
     @router.post("/png-info", response_model=PNGInfoResponse)

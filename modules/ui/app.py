@@ -16,6 +16,7 @@ from modules.ui.common import (
     selected_checkpoint,
     wire_checkpoint_row,
 )
+from modules.ui.extras import build_extras_tab
 from modules.ui.generation_tab import GenerationTab, build_generation_tab
 from modules.ui.hooks import ExtraTab, ScriptHook
 from modules.ui.paste import selected_result, wire_send_to
@@ -37,6 +38,8 @@ def build_ui(ctx: AppContext, extra_tabs: Sequence[ExtraTab] = (), scripts: Sequ
                     # txt2img follows the loaded model's size; the picture modes default to the picture's.
                     size = loaded_native_size(ctx) if mode == "txt2img" else 0
                     generation[mode] = build_generation_tab(ctx, mode, size, scripts)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                build_extras_tab(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_info = build_png_info_tab()
             with gr.Tab("Train", id="train", elem_id="tab_train"):

@@ -13,13 +13,15 @@ from typing import Any
 import gradio as gr
 
 from modules.context import AppContext
+from modules.errors import UserError
 from modules.processing.params import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_STEPS
 from modules.sampling.samplers import SCHEDULE_TYPES, list_samplers, sampler_info
 from modules.ui import modes
-from modules.ui.common import build_seed_row, loaded_native_size
+from modules.ui.common import build_seed_row, error_html, loaded_native_size
 from modules.ui.hooks import ScriptControls, ScriptHook, apply_scripts
 from modules.ui.networks import build_networks_panel
 from modules.ui.progress import ProgressOutputs, run_with_progress
+from modules.ui.scripts_ui import ScriptSelector, build_script_selector
 
 SIZE_SLIDER_MAX = 2048  # A1111's slider range
 
@@ -122,6 +124,7 @@ def build_generation_tab(ctx: AppContext, mode: str, default_size: int,
             cfg = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{mode}_cfg_scale")
             seed_row = build_seed_row(mode)
             script_controls = _build_scripts(mode, scripts)
+            script_selector = build_script_selector(ctx, mode)
 
         with gr.Column(scale=1, elem_id=f"{mode}_results"):
             progress = gr.HTML("", elem_id=f"{mode}_progress")
@@ -145,7 +148,7 @@ def build_generation_tab(ctx: AppContext, mode: str, default_size: int,
                         height=height, batch_size=batch_size, batch_count=batch_count, image=image,
                         extras=extras, generate=generate, interrupt=interrupt, skip=skip, outputs=out,
                         send_to=send_to)
-    _wire(ctx, tab, script_controls, seed_row.reuse)
+    _wire(ctx, tab, script_controls, seed_row.reuse, script_selector)
     return tab
 
 
@@ -159,14 +162,15 @@ def _build_scripts(mode: str, scripts: Sequence[ScriptHook]) -> list[ScriptContr
     return built
 
 
-def _wire(ctx: AppContext, tab: GenerationTab, scripts: list[ScriptControls], reuse: gr.Button) -> None:
+def _wire(ctx: AppContext, tab: GenerationTab, scripts: list[ScriptControls], reuse: gr.Button,
+          selector: ScriptSelector) -> None:
     out = tab.outputs
     common = {"prompt": tab.prompt, "negative_prompt": tab.negative_prompt, "sampler": tab.sampler,
               "schedule_type": tab.schedule_type, "steps": tab.steps, "cfg_scale": tab.cfg_scale, "seed": tab.seed,
               "batch_size": tab.batch_size, "batch_count": tab.batch_count}
     if tab.width is not None and tab.height is not None:
         common.update(width=tab.width, height=tab.height)
-    inputs = {*common.values(), *tab.extras.values(), *(c for s in scripts for c in s.inputs)}
+    inputs = {*common.values(), *tab.extras.values(), *(c for s in scripts for c in s.inputs), *selector.inputs}
     if tab.image is not None:
         inputs.add(tab.image)
 
@@ -182,7 +186,12 @@ def _wire(ctx: AppContext, tab: GenerationTab, scripts: list[ScriptControls], re
                                        {name: data[c] for name, c in tab.extras.items()})
             return apply_scripts(params, scripts, data)
 
-        yield from run_with_progress(ctx, make, out)
+        try:
+            run = selector.runner(ctx, data)
+        except UserError as exc:
+            yield {out.message: error_html(str(exc))}
+            return
+        yield from run_with_progress(ctx, make, out, run)
 
     # One generation at a time from the UI, shared by all tabs: a second click (another browser
     # tab, another mode) waits in gradio's queue instead of fighting for the device.

@@ -84,15 +84,17 @@ def _done_html(result: GenerationResult, state: ProgressState, seconds: float) -
 
 
 def run_with_progress(ctx: AppContext, make_params: Callable[[], GenerationParams],
-                      out: ProgressOutputs) -> Iterator[dict[Any, Any]]:
-    """The body of a Generate click: yields dicts of component -> new value."""
+                      out: ProgressOutputs,
+                      run: Callable[[GenerationParams], GenerationResult] | None = None) -> Iterator[dict[Any, Any]]:
+    """The body of a Generate click: yields dicts of component -> new value. `run` (a chosen
+    script) replaces the plain `ctx.generate`."""
     started = time.monotonic()
     yield {out.message: "", out.progress: _waiting_html(), out.preview: gr.Image(value=None, visible=True)}
     box: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            box["result"] = ctx.generate(make_params())
+            box["result"] = (run or ctx.generate)(make_params())
         except BaseException as exc:  # noqa: BLE001 - reported in the page, the server keeps running
             box["error"] = exc
 
