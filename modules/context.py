@@ -16,6 +16,8 @@ from modules.options import OptionsStore
 from modules.processing.control import GenerationControl
 from modules.processing.params import GenerationParams
 from modules.processing.run import GenerationResult, ImageHook, generate
+from modules.styles import StyleStore
+from modules.upscalers import UpscalerRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +61,10 @@ class Paths:
         return self.data_dir / "config.json"
 
     @property
+    def styles_file(self) -> Path:
+        return self.data_dir / "styles.csv"
+
+    @property
     def cache_file(self) -> Path:
         return self.data_dir / "cache.json"
 
@@ -71,6 +77,8 @@ class AppContext:
     registry: ModelRegistry
     control: GenerationControl = field(default_factory=GenerationControl)
     image_hooks: list[ImageHook] = field(default_factory=list)
+    styles: StyleStore = field(default_factory=StyleStore)  # styles.csv in the data folder
+    upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry)
 
     @classmethod
     def create(cls, paths: Paths, policy: DevicePolicy) -> AppContext:
@@ -78,7 +86,8 @@ class AppContext:
         registry = ModelRegistry(list(paths.ckpt_dirs), [paths.vae_dir], policy, HashCache(paths.cache_file))
         control = GenerationControl(preview_every=options.options.show_progress_every_n_steps
                                     if options.options.live_previews_enable else 0)
-        return cls(paths=paths, policy=policy, options=options, registry=registry, control=control)
+        return cls(paths=paths, policy=policy, options=options, registry=registry, control=control,
+                   styles=StyleStore(paths.styles_file))
 
     @property
     def outdir(self) -> Path:
@@ -88,5 +97,6 @@ class AppContext:
     def generate(self, params: GenerationParams) -> GenerationResult:
         """The one entry for the UI, the API and the CLI: generation through the processing layer,
         one request at a time on the device (the registry's lock queues the others)."""
-        return generate(params, self.registry, self.outdir, self.control, self.image_hooks,
-                        lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir)
+        return generate(self.styles.apply_to(params), self.registry, self.outdir, self.control, self.image_hooks,
+                        lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,
+                        upscalers=self.upscalers)

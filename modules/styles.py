@@ -90,4 +90,9 @@ class StyleStore:
         if isinstance(names, str) or not all(isinstance(n, str) for n in names):
             raise UserError(f"styles must be a list of style names, got {names!r}.")
         prompt, negative = self.apply(list(names), params.prompt, params.negative_prompt)
-        return replace(params, prompt=prompt, negative_prompt=negative, styles=())
+        changes: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative, "styles": ()}
+        if getattr(params, "hr_prompt", ""):  # a separate hires prompt gets the styles too, as in A1111
+            changes["hr_prompt"] = self.apply(list(names), params.hr_prompt, "")[0]
+        if getattr(params, "hr_negative_prompt", ""):
+            changes["hr_negative_prompt"] = self.apply(list(names), "", params.hr_negative_prompt)[1]
+        return replace(params, **changes)

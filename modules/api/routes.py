@@ -251,8 +251,9 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
         return ScriptsList(txt2img=[], img2img=list(mapping.IMG2IMG_SCRIPTS))
 
     @router.get("/prompt-styles")
-    async def get_prompt_styles() -> list[dict[str, str]]:
-        return []  # no styles.csv here; `styles` in requests are ignored
+    def get_prompt_styles() -> list[dict[str, str]]:
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+                for s in ctx.styles.styles()]
 
     @router.get("/loras", response_model=list[LoraItem])
     def get_loras() -> list[LoraItem]:
