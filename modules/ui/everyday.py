@@ -41,9 +41,9 @@ def build_hires(ctx: AppContext) -> dict[str, gr.components.Component]:
                                                 elem_id="txt2img_hr_resize_y")
         controls["hr_sampler"] = gr.Dropdown([(SAME_SAMPLER, ""), *[(s.name, s.name) for s in list_samplers()]],
                                              value="", label="Hires sampling method", elem_id="txt2img_hr_sampler")
-        controls["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, placeholder="empty = the prompt",
+        controls["hr_prompt"] = gr.Textbox("", label="Hires prompt", lines=2, placeholder="empty = the prompt",
                                            elem_id="txt2img_hr_prompt")
-        controls["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2,
+        controls["hr_negative_prompt"] = gr.Textbox("", label="Hires negative prompt", lines=2,
                                                     placeholder="empty = the negative prompt",
                                                     elem_id="txt2img_hr_neg_prompt")
     return controls
