@@ -34,6 +34,7 @@ from modules.processing.tiling import circular_padding
 from modules.sampling.noise import initial_noise, resolve_seed, step_generators
 from modules.sampling.samplers import make_scheduler, sampler_info, scheduler_step
 from modules.text.conditioning import Conditioning, PromptEncoder, sdxl_time_ids
+from modules.text.prompt_parser import extract_lora_tags
 from modules.text.prompt_schedule import PromptSchedules, StepConditioning
 from modules.upscalers import UpscalerRegistry
 
@@ -122,7 +123,9 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
         subseeds = [subseed + i for i in range(total)] if subseed >= 0 else None
         # LoRAs and embeddings the prompts name: loaded (or refused) before any work; the LoRAs stay
         # merged until this request ends, text encoding included (text-encoder LoRAs).
-        hr_prompts = [hr.prompt, hr.negative_prompt] if hr else []
+        # The hires prompts may name embeddings; their LoRA tags are left to the first prompts (the
+        # LoRAs are merged for the whole request, and a tag repeated there must not apply twice).
+        hr_prompts = [extract_lora_tags(p)[0] for p in (hr.prompt, hr.negative_prompt)] if hr else []
         networks = prepare_networks([params.prompt, params.negative_prompt, *hr_prompts], model, lora_dir,
                                     embeddings_dir)
         stack.enter_context(networks.applied(model))
