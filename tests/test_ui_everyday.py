@@ -7,6 +7,8 @@ import gradio as gr
 import pytest
 
 from modules.context import AppContext, Paths
+from modules.errors import UserError
+from modules.ui.everyday import apply_styles
 from modules.ui.generation_tab import build_generation_tab
 from modules.ui.paste import paste_values
 from tests.tiny_models import CPU, write_tiny_checkpoint
@@ -54,3 +56,10 @@ def test_every_mode_has_tiling_styles_and_refiner(ctx: AppContext) -> None:
             tab = build_generation_tab(ctx, mode, 0)
         assert {"tiling", "styles", "refiner_checkpoint", "refiner_switch_at"} <= set(tab.extras)
         assert "enable_hr" not in tab.extras
+
+
+def test_apply_styles_writes_them_into_the_prompts(ctx: AppContext) -> None:
+    assert apply_styles(ctx.styles, "a dot", None, ["Sharp"]) == ("a dot, sharp", "blurry", [])
+    assert apply_styles(ctx.styles, "a dot", "x", []) == ("a dot", "x", [])
+    with pytest.raises(UserError, match="'Gone'"):
+        apply_styles(ctx.styles, "a dot", "", ["Gone"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from modules.context import AppContext
+from modules.errors import UserError
 from modules.processing.params import MAX_STEPS
 from modules.sampling.samplers import list_samplers
 from modules.styles import StyleStore
@@ -49,14 +50,21 @@ def build_hires(ctx: AppContext) -> dict[str, gr.components.Component]:
     return controls
 
 
-def build_common(ctx: AppContext, mode: str) -> dict[str, gr.components.Component]:
-    """Tiling, Styles and the Refiner accordion, for every mode."""
+def build_common(ctx: AppContext, mode: str, prompt: gr.Textbox,
+                 negative: gr.Textbox) -> dict[str, gr.components.Component]:
+    """Tiling, Styles (with a button writing them into `prompt`/`negative`) and the Refiner accordion."""
     controls: dict[str, gr.components.Component] = {}
     with gr.Row():
         controls["tiling"] = gr.Checkbox(False, label="Tiling", info="seamless: the edges continue each other",
                                          elem_id=f"{mode}_tiling")
         controls["styles"] = gr.Dropdown(ctx.styles.names(), value=[], multiselect=True, label="Styles",
                                          info="from styles.csv in the data folder", elem_id=f"{mode}_styles")
+        # Styles are data, not controls: the button writes them into the prompts (A1111's 📋).
+        apply = gr.Button("\U0001f4cb Apply styles to prompt", size="sm", elem_id=f"{mode}_apply_styles",
+                          min_width=60)
+    controls["styles"].focus(lambda: style_choices(ctx.styles), inputs=None, outputs=controls["styles"],
+                             concurrency_limit=None, show_progress="hidden", api_visibility="undocumented")
+    _wire_apply_styles(ctx, apply, prompt, negative, controls["styles"])
     with gr.Accordion("Refiner", open=False, elem_id=f"{mode}_refiner"):
         with gr.Row():
             controls["refiner_checkpoint"] = gr.Dropdown(
@@ -70,3 +78,23 @@ def build_common(ctx: AppContext, mode: str) -> dict[str, gr.components.Componen
 def style_choices(store: StyleStore) -> gr.Dropdown:
     """The styles dropdown refreshed from the file (styles.csv may have been edited)."""
     return gr.Dropdown(choices=store.names())
+
+
+def apply_styles(store: StyleStore, prompt: str | None, negative: str | None,
+                 names: list[str] | None) -> tuple[str, str, list[str]]:
+    """The prompts with the selected styles written into them, and the selection emptied."""
+    new_prompt, new_negative = store.apply(list(names or []), prompt or "", negative or "")
+    return new_prompt, new_negative, []
+
+
+def _wire_apply_styles(ctx: AppContext, button: gr.Button, prompt: gr.Textbox, negative: gr.Textbox,
+                       styles: gr.Dropdown) -> None:
+    def on_click(p: str | None, n: str | None, names: list[str] | None) -> tuple[object, object, object]:
+        try:
+            return apply_styles(ctx.styles, p, n, names)
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return gr.skip(), gr.skip(), gr.skip()
+
+    button.click(on_click, inputs=[prompt, negative, styles], outputs=[prompt, negative, styles],
+                 concurrency_limit=None, show_progress="hidden", api_visibility="undocumented")

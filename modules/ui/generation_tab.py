@@ -126,7 +126,7 @@ def build_generation_tab(ctx: AppContext, mode: str, default_size: int,
             seed_row = build_seed_row(mode)
             if mode == "txt2img":
                 extras.update(everyday.build_hires(ctx))
-            extras.update(everyday.build_common(ctx, mode))
+            extras.update(everyday.build_common(ctx, mode, prompt, negative))
             script_controls = _build_scripts(mode, scripts)
 
         with gr.Column(scale=1, elem_id=f"{mode}_results"):
