@@ -144,7 +144,6 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
         extra_fields = {**hires.infotext_fields(params, hr), **(refiner.infotext_fields() if refiner else {})}
         if params.tiling:
             extra_fields["Tiling"] = True
-        network_fields = networks.infotext_fields(encoder.embeddings.used if encoder.embeddings else None)
         result = GenerationResult(images=[], infotexts=[], seeds=[], params=params)
         control.begin(params.batch_count, params.steps)
         try:
@@ -154,6 +153,8 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                 batch_seeds = seeds[n * params.batch_size:(n + 1) * params.batch_size]
                 batch_subseeds = subseeds[n * params.batch_size:(n + 1) * params.batch_size] if subseeds else None
                 images = _run_batch(job, params, pixels, batch_seeds, batch_subseeds, n)
+                # Prompts are encoded while sampling (per step's text): the embeddings used are known now.
+                network_fields = networks.infotext_fields(encoder.embeddings.used if encoder.embeddings else None)
                 for i, image in enumerate(images):
                     image = _finish(image, pixels)
                     # With hires. fix, "Size" is the first pass's, as A1111 writes it.
