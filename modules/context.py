@@ -18,6 +18,7 @@ from modules.options import OptionsStore
 from modules.processing.control import GenerationControl
 from modules.processing.params import GenerationParams
 from modules.processing.run import GenerationResult, ImageHook, generate
+from modules.styles import StyleStore
 from modules.upscalers import UpscalerRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +68,10 @@ class Paths:
         return self.data_dir / "config.json"
 
     @property
+    def styles_file(self) -> Path:
+        return self.data_dir / "styles.csv"
+
+    @property
     def cache_file(self) -> Path:
         return self.data_dir / "cache.json"
 
@@ -79,6 +84,7 @@ class AppContext:
     registry: ModelRegistry
     control: GenerationControl = field(default_factory=GenerationControl)
     image_hooks: list[ImageHook] = field(default_factory=list)
+    styles: StyleStore = field(default_factory=StyleStore)  # styles.csv in the data folder
     upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry)
 
     @classmethod
@@ -90,7 +96,7 @@ class AppContext:
         upscalers = UpscalerRegistry(list(paths.upscaler_dirs), policy.device,
                                      policy.dtype if policy.device.type == "cuda" else torch.float32)
         return cls(paths=paths, policy=policy, options=options, registry=registry, control=control,
-                   upscalers=upscalers)
+                   upscalers=upscalers, styles=StyleStore(paths.styles_file))
 
     @property
     def outdir(self) -> Path:
@@ -100,5 +106,6 @@ class AppContext:
     def generate(self, params: GenerationParams) -> GenerationResult:
         """The one entry for the UI, the API and the CLI: generation through the processing layer,
         one request at a time on the device (the registry's lock queues the others)."""
-        return generate(params, self.registry, self.outdir, self.control, self.image_hooks,
-                        lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir)
+        return generate(self.styles.apply_to(params), self.registry, self.outdir, self.control, self.image_hooks,
+                        lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,
+                        upscalers=self.upscalers)

@@ -80,7 +80,7 @@ def test_a1111_written_text() -> None:
     assert params == {
         "steps": 28, "sampler_name": "DPM++ 2M", "scheduler": "Karras", "cfg_scale": 7.0, "seed": 3735928559,
         "width": 512, "height": 768, "model_hash": "6ce0161689", "model": "v1-5-pruned-emaonly",
-        "denoising_strength": 0.55, "clip_skip": 2, "hr_scale": 2.0, "hr_upscaler": "Latent",
+        "denoising_strength": 0.55, "clip_skip": 2, "hr_scale": 2.0, "hr_upscaler": "Latent", "enable_hr": True,
     }
 
 

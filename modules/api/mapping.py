@@ -39,6 +39,7 @@ from modules.processing.params import (
     OutpaintParams,
     Txt2ImgParams,
 )
+from modules.processing.refiner import NO_REFINER
 from modules.processing.run import GenerationResult
 from modules.sampling.samplers import validate_sampler
 
@@ -152,7 +153,7 @@ _INFOTEXT_FIELDS = ("steps", "sampler_name", "scheduler", "cfg_scale", "seed", "
 
 # A1111 fields that change the picture but are not implemented: accepted (clients send them with
 # their defaults) and named in the log when switched on, so a difference can be traced.
-_IGNORED_FLAGS = ("enable_hr", "restore_faces", "tiling")
+_IGNORED_FLAGS = ("restore_faces",)
 
 
 def apply_infotext(req: GenerationRequest) -> GenerationRequest:
@@ -211,14 +212,34 @@ def _common(ctx: AppContext, req: GenerationRequest) -> dict[str, Any]:
         "height": req.height, "batch_size": req.batch_size, "batch_count": req.n_iter, "clip_skip": clip_skip,
         "checkpoint": info.name if info else None, "save": save,
         "save_grid": save and not req.do_not_save_grid and ctx.options.options.grid_save,
+        **everyday_fields(req),
     }
+
+
+def everyday_fields(req: GenerationRequest) -> dict[str, Any]:
+    """Tiling, styles and the refiner: params fields every mode has."""
+    refiner = req.refiner_checkpoint if req.refiner_checkpoint not in NO_REFINER else None
+    return {"tiling": bool(req.tiling), "styles": tuple(req.styles or ()), "refiner_checkpoint": refiner,
+            "refiner_switch_at": 0.8 if req.refiner_switch_at is None else req.refiner_switch_at}
+
+
+def hires_fields(req: Txt2ImgRequest) -> dict[str, Any]:
+    """txt2img's hires. fix fields; A1111's UI sends "Use same sampler" for "the first pass's"."""
+    same = (None, "", "Use same sampler")
+    return {"enable_hr": req.enable_hr, "hr_scale": req.hr_scale, "hr_upscaler": req.hr_upscaler or "Latent",
+            "hr_second_pass_steps": req.hr_second_pass_steps, "hr_resize_x": req.hr_resize_x,
+            "hr_resize_y": req.hr_resize_y,
+            "denoising_strength": 0.7 if req.denoising_strength is None else req.denoising_strength,
+            "hr_sampler": "" if req.hr_sampler_name in same else req.hr_sampler_name,
+            "hr_schedule_type": "" if req.hr_scheduler in (None, "", "Use same scheduler") else req.hr_scheduler,
+            "hr_prompt": req.hr_prompt or "", "hr_negative_prompt": req.hr_negative_prompt or ""}
 
 
 def txt2img_params(ctx: AppContext, req: Txt2ImgRequest) -> Txt2ImgParams:
     if _script_key(req.script_name):
         raise ApiError(422, f"Script not found: {req.script_name!r}; txt2img has no scripts here "
                             f"(img2img has: {', '.join(IMG2IMG_SCRIPTS)}).")
-    return Txt2ImgParams(**_common(ctx, req))
+    return Txt2ImgParams(**_common(ctx, req), **hires_fields(req))
 
 
 def img2img_params(ctx: AppContext, req: Img2ImgRequest) -> GenerationParams:

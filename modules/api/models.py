@@ -3,8 +3,8 @@
 Defaults are A1111's API defaults (steps 50, 512x512, sampler_index "Euler", save_images false),
 so a client that leaves a field out gets what it got from A1111. Unknown fields are ignored, as
 A1111's pydantic models ignore them: clients written for newer A1111 versions or for extensions
-keep working. Fields that exist in A1111 but have no effect here (hires. fix, face restoration,
-tiling, eta and the s_* sampler knobs, refiner) are accepted and listed in docs/api.md.
+keep working. Fields that exist in A1111 but have no effect here (face restoration, hr_checkpoint_name,
+eta and the s_* sampler knobs) are accepted and listed in docs/api.md.
 """
 
 from __future__ import annotations

@@ -253,8 +253,9 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
                               need_inner_model=label == "Uniform") for label in SCHEDULE_TYPES]
 
     @router.get("/prompt-styles")
-    async def get_prompt_styles() -> list[dict[str, str]]:
-        return []  # no styles.csv here; `styles` in requests are ignored
+    def get_prompt_styles() -> list[dict[str, str]]:
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+                for s in ctx.styles.styles()]
 
     add_listing_routes(router, ctx)  # upscalers, LoRAs, embeddings, scripts, ...
     add_extras_routes(router, ctx)

@@ -111,6 +111,12 @@ def _str(value: str) -> str:
     return value
 
 
+def _bool(value: str) -> bool:
+    if value.strip().lower() not in ("true", "false"):
+        raise ValueError(value)
+    return value.strip().lower() == "true"
+
+
 # Infotext key -> (parameter name, converter). Names follow A1111's API fields.
 _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Steps": ("steps", _int),
@@ -133,6 +139,12 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Hires upscale": ("hr_scale", _float),
     "Hires steps": ("hr_second_pass_steps", _int),
     "Hires upscaler": ("hr_upscaler", _str),
+    "Hires sampler": ("hr_sampler_name", _str),
+    "Hires prompt": ("hr_prompt", _str),
+    "Hires negative prompt": ("hr_negative_prompt", _str),
+    "Tiling": ("tiling", _bool),
+    "Refiner": ("refiner_checkpoint", _str),
+    "Refiner switch at": ("refiner_switch_at", _float),
     "Mask blur": ("mask_blur", _int),
 }
 _SIZES = {"Size": ("width", "height"), "Seed resize from": ("seed_resize_from_w", "seed_resize_from_h"),
@@ -173,4 +185,6 @@ def infotext_to_params(fields: Mapping[str, str]) -> dict[str, Any]:
                 params[_SIZES[key][0]], params[_SIZES[key][1]] = int(match[1]), int(match[2])
     if "sampler_name" in params:
         _split_sampler(params)
+    if "hr_scale" in params or "hr_resize_x" in params:  # A1111 writes these only with hires. fix on
+        params["enable_hr"] = True
     return params

@@ -48,6 +48,10 @@ class GenerationParams:
     checkpoint: str | None = None
     save: bool = True
     save_grid: bool = False
+    tiling: bool = False  # seamless: circular padding in the UNet and VAE (processing/tiling.py)
+    styles: tuple[str, ...] = ()  # names in styles.csv; applied to the prompts by AppContext.generate
+    refiner_checkpoint: str | None = None  # a second checkpoint for the last steps (processing/refiner.py)
+    refiner_switch_at: float = 0.8  # fraction of the steps after which the refiner takes over
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # extension-owned values
 
     def validate(self) -> GenerationParams:
@@ -64,8 +68,10 @@ class GenerationParams:
             _check_side(name, value, allow_zero=True)
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise UserError("The prompt and the negative prompt must be text.")
+        if self.refiner_checkpoint:
+            _check_number("refiner switch at", self.refiner_switch_at, 0.0, 1.0)
         sampler, schedule = validate_sampler(self.sampler, self.schedule_type)
-        return replace(self, sampler=sampler, schedule_type=schedule)
+        return replace(self, sampler=sampler, schedule_type=schedule, styles=tuple(self.styles))
 
     def with_size(self, width: int, height: int) -> GenerationParams:
         return replace(self, width=width, height=height)
@@ -77,6 +83,31 @@ class GenerationParams:
 @dataclass(frozen=True)
 class Txt2ImgParams(GenerationParams):
     mode: ClassVar[str] = "txt2img"
+
+    # Hires. fix (processing/hires.py): upscale by hr_scale, or to hr_resize_x/y, then a second pass.
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0  # 0 = the first pass's steps
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    denoising_strength: float = 0.7
+    hr_sampler: str = ""  # "" = the first pass's sampler
+    hr_schedule_type: str = ""
+    hr_prompt: str = ""  # "" = the first pass's prompt
+    hr_negative_prompt: str = ""
+
+    def validate(self) -> Txt2ImgParams:
+        params = super().validate()
+        if self.enable_hr:
+            _check_number("hires upscale (hr_scale)", self.hr_scale, 1.0, 8.0)
+            _check_int("hires steps", self.hr_second_pass_steps, 0, MAX_STEPS)
+            _check_number("denoising strength", self.denoising_strength, 0.0, 1.0)
+            for name, value in (("hires resize width", self.hr_resize_x), ("hires resize height", self.hr_resize_y)):
+                _check_side(name, value, allow_zero=True)
+            if not isinstance(self.hr_prompt, str) or not isinstance(self.hr_negative_prompt, str):
+                raise UserError("The hires prompt and negative prompt must be text.")
+        return params  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

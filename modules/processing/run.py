@@ -23,14 +23,20 @@ from modules.images import make_grid, save_grid, save_image
 from modules.models.load import SDModel
 from modules.models.registry import ModelRegistry
 from modules.networks.prompt import prepare as prepare_networks
+from modules.processing import hires
 from modules.processing import inpaint as px
+from modules.processing import refiner as refiners
 from modules.processing.control import GenerationControl
 from modules.processing.infotext import format_infotext
 from modules.processing.params import GenerationParams, Img2ImgParams, InpaintParams, OutpaintParams
 from modules.processing.preview import latent_preview
+from modules.processing.tiling import circular_padding
 from modules.sampling.noise import initial_noise, resolve_seed, step_generators
 from modules.sampling.samplers import make_scheduler, sampler_info, scheduler_step
 from modules.text.conditioning import Conditioning, PromptEncoder, sdxl_time_ids
+from modules.text.prompt_parser import extract_lora_tags
+from modules.text.prompt_schedule import PromptSchedules, StepConditioning
+from modules.upscalers import UpscalerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,30 @@ class _Pixels:
     original: Image.Image | None = None  # full picture to paste the result into
     region: tuple[int, int, int, int] | None = None  # "only masked": where the crop came from
     strength: float = 1.0
+    latents: torch.Tensor | None = None  # starting latents per image (hires. fix's second pass)
+
+
+@dataclass
+class _Job:
+    """What every batch of one request shares: the models, the prompts per pass, hires. fix."""
+
+    model: SDModel
+    control: GenerationControl
+    prompts: PromptSchedules
+    refiner: refiners.Refiner | None = None
+    refiner_prompts: PromptSchedules | None = None
+    hr: hires.HiresPlan | None = None
+    hires_prompts: PromptSchedules | None = None
+    upscalers: UpscalerRegistry | None = None
+
+
+@dataclass
+class _Stage:
+    """A model denoising from step `start` on, with its conditioning per step."""
+
+    model: SDModel
+    conds: StepConditioning
+    start: int = 0
 
 
 # A hook run on every finished image (extensions: "a step after an image is made").
@@ -64,7 +94,8 @@ ImageHook = Callable[[Image.Image, str, GenerationParams], Image.Image | None]
 
 def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | None = None,
              control: GenerationControl | None = None, image_hooks: list[ImageHook] | None = None,
-             lora_dir: Path | None = None, embeddings_dir: Path | None = None) -> GenerationResult:
+             lora_dir: Path | None = None, embeddings_dir: Path | None = None,
+             upscalers: UpscalerRegistry | None = None) -> GenerationResult:
     """Run one generation request; holds the device for its duration (requests queue on it).
 
     `<lora:NAME:WEIGHT>` tags load NAME from `lora_dir`, embeddings named in the prompts come from
@@ -73,6 +104,9 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
     control = control or GenerationControl()
     # 1. Check inputs: every user error surfaces here, before anything is computed or written.
     params = params.validate()
+    upscalers = upscalers or UpscalerRegistry()
+    hires.check(params, upscalers)
+    refiners.check(registry, params)
     with registry.lock, ExitStack() as stack:
         model = registry.load(params.checkpoint) if params.checkpoint else registry.current()
         info = registry.current_info
@@ -80,6 +114,7 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
         model_hash = registry.short_hash()
         # 2. Pixels: the generation size, the starting image and the mask.
         params, pixels = _prepare_pixels(params, model)
+        hr = hires.plan(params, upscalers)
         # 3. Seeds: image i of batch n uses seed + n * batch_size + i.
         seed = resolve_seed(params.seed)
         subseed = resolve_seed(params.subseed) if params.subseed_strength > 0 else -1
@@ -88,13 +123,27 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
         subseeds = [subseed + i for i in range(total)] if subseed >= 0 else None
         # LoRAs and embeddings the prompts name: loaded (or refused) before any work; the LoRAs stay
         # merged until this request ends, text encoding included (text-encoder LoRAs).
-        networks = prepare_networks([params.prompt, params.negative_prompt], model, lora_dir, embeddings_dir)
+        # The hires prompts may name embeddings; their LoRA tags are left to the first prompts (the
+        # LoRAs are merged for the whole request, and a tag repeated there must not apply twice).
+        hr_prompts = [extract_lora_tags(p)[0] for p in (hr.prompt, hr.negative_prompt)] if hr else []
+        networks = prepare_networks([params.prompt, params.negative_prompt, *hr_prompts], model, lora_dir,
+                                    embeddings_dir)
         stack.enter_context(networks.applied(model))
+        refiner = refiners.load(registry, params, model)
+        stack.enter_context(circular_padding(_conv_modules(model, refiner), params.tiling))
         encoder = PromptEncoder(model.arch.text_encoders, model.text_encoders, embeddings=networks.embeddings)
-        # Prompts are the same for every batch: encode once, reuse across the batch count.
-        cond, uncond = encoder.encode_for_cfg([params.prompt] * params.batch_size,
-                                              [params.negative_prompt] * params.batch_size, params.clip_skip)
-        network_fields = networks.infotext_fields(encoder.embeddings.used if encoder.embeddings else None)
+        # Prompts are the same for every batch: each text a prompt goes through is encoded once.
+        job = _Job(model=model, control=control, upscalers=upscalers, hr=hr,
+                   prompts=_schedules(encoder, params, params.prompt, params.negative_prompt), refiner=refiner)
+        if hr is not None:
+            job.hires_prompts = _schedules(encoder, params, hr.prompt, hr.negative_prompt)
+        if refiner is not None:
+            job.refiner_prompts = job.prompts if refiner.model is model else _schedules(
+                PromptEncoder(refiner.model.arch.text_encoders, refiner.model.text_encoders), params,
+                params.prompt, params.negative_prompt)
+        extra_fields = {**hires.infotext_fields(params, hr), **(refiner.infotext_fields() if refiner else {})}
+        if params.tiling:
+            extra_fields["Tiling"] = True
         result = GenerationResult(images=[], infotexts=[], seeds=[], params=params)
         control.begin(params.batch_count, params.steps)
         try:
@@ -103,12 +152,17 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                     break
                 batch_seeds = seeds[n * params.batch_size:(n + 1) * params.batch_size]
                 batch_subseeds = subseeds[n * params.batch_size:(n + 1) * params.batch_size] if subseeds else None
-                images = _run_batch(model, params, pixels, cond, uncond, batch_seeds, batch_subseeds, n, control)
+                images = _run_batch(job, params, pixels, batch_seeds, batch_subseeds, n)
+                # Prompts are encoded while sampling (per step's text): the embeddings used are known now.
+                network_fields = networks.infotext_fields(encoder.embeddings.used if encoder.embeddings else None)
                 for i, image in enumerate(images):
                     image = _finish(image, pixels)
+                    # With hires. fix, "Size" is the first pass's, as A1111 writes it.
+                    size = (params.width, params.height) if hr is not None else image.size
                     fields = _infotext_fields(params, batch_seeds[i], subseeds and batch_subseeds[i],
-                                              model_name, model_hash, image.size)
-                    text = format_infotext(params.prompt, params.negative_prompt, {**fields, **network_fields})
+                                              model_name, model_hash, size)
+                    text = format_infotext(params.prompt, params.negative_prompt,
+                                           {**fields, **extra_fields, **network_fields})
                     for hook in image_hooks or []:
                         image = hook(image, text, params) or image
                     result.images.append(image)
@@ -123,6 +177,17 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
             result.interrupted = control.interrupted
             control.end()
     return result
+
+
+def _schedules(encoder: PromptEncoder, params: GenerationParams, prompt: str, negative: str) -> PromptSchedules:
+    return PromptSchedules(encoder, prompt, negative, params.batch_size, params.clip_skip)
+
+
+def _conv_modules(model: SDModel, refiner: refiners.Refiner | None) -> list[torch.nn.Module]:
+    modules = [model.unet, model.vae]
+    if refiner is not None and refiner.model is not model:
+        modules += [refiner.model.unet, refiner.model.vae]
+    return modules
 
 
 # ------------------------------------------------------------------------------------------ pixels
@@ -209,9 +274,9 @@ def _latent_mask(mask: Image.Image, height: int, width: int, device: torch.devic
     return (torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0) > 0.0).float()[None, None].to(device)
 
 
-def _run_batch(model: SDModel, params: GenerationParams, pixels: _Pixels, cond: Conditioning,
-               uncond: Conditioning, seeds: list[int], subseeds: list[int] | None, batch_index: int,
-               control: GenerationControl) -> list[Image.Image]:
+def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list[int], subseeds: list[int] | None,
+               batch_index: int, second_pass: bool = False) -> list[Image.Image]:
+    model, control = job.model, job.control
     device = next(model.unet.parameters()).device
     dtype = next(model.unet.parameters()).dtype
     h, w = params.height // 8, params.width // 8
@@ -225,7 +290,9 @@ def _run_batch(model: SDModel, params: GenerationParams, pixels: _Pixels, cond: 
     generators = step_generators(seeds, (4, h, w)) if sampler_info(params.sampler).stochastic else None
 
     init_latents = latent_mask = inpaint_extra = None
-    if pixels.init is not None:
+    if pixels.latents is not None:  # hires. fix: the upscaled first pass, one per image
+        init_latents = pixels.latents.to(device)
+    elif pixels.init is not None:
         if pixels.strength <= 0.0 and pixels.mask is None:
             return [pixels.init.copy() for _ in seeds]  # strength 0: the input, untouched
         init_latents = encode_image(model, pixels.init).expand(batch, -1, -1, -1)
@@ -241,6 +308,7 @@ def _run_batch(model: SDModel, params: GenerationParams, pixels: _Pixels, cond: 
 
     # Starting point: pure noise, or the init latents noised to where the schedule starts.
     start = 0
+    run_steps = params.steps
     if init_latents is not None and pixels.strength < 1.0:
         run_steps = min(int(params.steps * pixels.strength), params.steps)
         start = (params.steps - run_steps) * scheduler.order
@@ -254,14 +322,15 @@ def _run_batch(model: SDModel, params: GenerationParams, pixels: _Pixels, cond: 
     else:
         latents = noise * scheduler.init_noise_sigma
 
-    added = None
-    if model.arch.is_sdxl and cond.pooled is not None and uncond.pooled is not None:
-        time_ids = sdxl_time_ids((params.height, params.width), (0, 0), (params.height, params.width))
-        if model.arch.family == "sdxl_refiner":
-            time_ids = torch.tensor([params.height, params.width, 0, 0, 6.0])
-        time_ids = time_ids.to(device, dtype)[None].expand(2 * batch, -1)
-        added = {"text_embeds": torch.cat([uncond.pooled, cond.pooled]).to(device, dtype), "time_ids": time_ids}
-    context = torch.cat([uncond.context, cond.context]).to(device, dtype)
+    # The models and their conditioning per step: prompt editing changes the text at given steps,
+    # the refiner takes over the last steps of the first pass.
+    prompts = job.hires_prompts if second_pass and job.hires_prompts else job.prompts
+    stages = [_Stage(model, prompts.for_steps(run_steps))]
+    if job.refiner is not None and job.refiner_prompts is not None and not second_pass:
+        stages.append(_Stage(job.refiner.model, job.refiner_prompts.for_steps(run_steps),
+                             job.refiner.switch_step(run_steps)))
+    unet_inputs: tuple[int, ...] = ()
+    context = added = None
 
     # Denoise.
     control.begin_batch(batch_index, len(timesteps))
@@ -271,10 +340,18 @@ def _run_batch(model: SDModel, params: GenerationParams, pixels: _Pixels, cond: 
         for i, t in enumerate(timesteps):
             if control.should_stop_batch():
                 break
+            step_index = i * run_steps // len(timesteps)  # samplers of order 2 call the UNet twice a step
+            stage = next(s for s in reversed(stages) if step_index >= s.start)
+            cond, uncond = stage.conds.at(step_index)
+            if unet_inputs != (id(stage), id(cond), id(uncond)):  # rebuilt only when something switches
+                unet_inputs = (id(stage), id(cond), id(uncond))
+                dtype = next(stage.model.unet.parameters()).dtype
+                context, added = _unet_conditioning(stage.model, params, cond, uncond, device, dtype)
             x_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
             if inpaint_extra is not None:
                 x_in = torch.cat([x_in, inpaint_extra], dim=1)
-            out = model.unet(x_in.to(dtype), t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+            out = stage.model.unet(x_in.to(dtype), t, encoder_hidden_states=context,
+                                   added_cond_kwargs=added).sample
             out_uncond, out_cond = out.float().chunk(2)
             guided = out_uncond + params.cfg_scale * (out_cond - out_uncond)
             latents = scheduler_step(scheduler, guided, t, latents, generators)
@@ -289,7 +366,27 @@ def _run_batch(model: SDModel, params: GenerationParams, pixels: _Pixels, cond: 
             preview = latent_preview(latents, model.arch) if control.wants_preview(step) else None
             control.report_step(step, preview)
     progress.close()
+    if job.hr is not None and not second_pass and not control.should_stop_batch():
+        start_latents = hires.upscale(job.hr, latents, job.upscalers or UpscalerRegistry(),
+                                      lambda x: decode_latents(model, x), lambda image: encode_image(model, image))
+        return _run_batch(job, hires.second_pass_params(params, job.hr),
+                          _Pixels(latents=start_latents, strength=job.hr.denoising_strength),
+                          seeds, subseeds, batch_index, second_pass=True)
     return decode_latents(model, latents)
+
+
+def _unet_conditioning(model: SDModel, params: GenerationParams, cond: Conditioning, uncond: Conditioning,
+                       device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """(encoder_hidden_states, added_cond_kwargs) for uncond + cond batched together."""
+    batch = cond.context.shape[0]
+    added = None
+    if model.arch.is_sdxl and cond.pooled is not None and uncond.pooled is not None:
+        time_ids = sdxl_time_ids((params.height, params.width), (0, 0), (params.height, params.width))
+        if model.arch.family == "sdxl_refiner":
+            time_ids = torch.tensor([params.height, params.width, 0, 0, 6.0])
+        time_ids = time_ids.to(device, dtype)[None].expand(2 * batch, -1)
+        added = {"text_embeds": torch.cat([uncond.pooled, cond.pooled]).to(device, dtype), "time_ids": time_ids}
+    return torch.cat([uncond.context, cond.context]).to(device, dtype), added
 
 
 def _inpainting_channels(model: SDModel, pixels: _Pixels, params: GenerationParams, batch: int,

@@ -16,7 +16,7 @@ from modules.context import AppContext
 from modules.errors import UserError
 from modules.processing.params import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_STEPS
 from modules.sampling.samplers import SCHEDULE_TYPES, list_samplers, sampler_info
-from modules.ui import modes
+from modules.ui import everyday, modes
 from modules.ui.common import build_seed_row, error_html, loaded_native_size
 from modules.ui.hooks import ScriptControls, ScriptHook, apply_scripts
 from modules.ui.networks import build_networks_panel
@@ -73,6 +73,12 @@ class GenerationTab:
             fields.update(width=self.width, height=self.height)
         if "denoising_strength" in self.extras:
             fields["denoising_strength"] = self.extras["denoising_strength"]
+        for name, component in self.extras.items():  # hires. fix, tiling, refiner: same names as infotext's
+            if name not in fields and name != "styles":
+                fields[name] = component
+        for paste_name, name in everyday.PASTE_NAMES.items():
+            if name in self.extras:
+                fields[paste_name] = self.extras[name]
         return fields
 
 
@@ -123,6 +129,9 @@ def build_generation_tab(ctx: AppContext, mode: str, default_size: int,
                 batch_size = _int_slider("Batch size", 1, min(MAX_BATCH_SIZE, 8), 1, f"{mode}_batch_size")
             cfg = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{mode}_cfg_scale")
             seed_row = build_seed_row(mode)
+            if mode == "txt2img":
+                extras.update(everyday.build_hires(ctx))
+            extras.update(everyday.build_common(ctx, mode, prompt, negative))
             script_controls = _build_scripts(mode, scripts)
             script_selector = build_script_selector(ctx, mode)
 

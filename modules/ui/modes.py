@@ -107,7 +107,7 @@ def editor_image_and_mask(value: Mapping[str, Any] | None) -> tuple[Image.Image,
 def make_params(mode: str, common: Mapping[str, Any], image: Any, extras: Mapping[str, Any]) -> GenerationParams:
     """The params for one Generate click; validation happens in `ctx.generate`."""
     if mode == "txt2img":
-        return Txt2ImgParams(**common)
+        return Txt2ImgParams(**common, **extras)  # hires. fix, tiling, styles, refiner
     if mode == "img2img":
         return Img2ImgParams(**common, init_image=image, **extras)
     if mode == "inpaint":

@@ -1,0 +1,65 @@
+"""The generation tabs' Hires. fix, Tiling, Styles and Refiner controls: the Generate handler run
+directly (the function the button calls, no browser), and paste filling them from an infotext."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from modules.context import AppContext, Paths
+from modules.errors import UserError
+from modules.ui.everyday import apply_styles
+from modules.ui.generation_tab import build_generation_tab
+from modules.ui.paste import paste_values
+from tests.tiny_models import CPU, write_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> AppContext:
+    data = tmp_path_factory.mktemp("ui-everyday")
+    write_tiny_checkpoint(data / "models" / "Stable-diffusion", "sd1", stem="tiny")
+    (data / "styles.csv").write_text("name,prompt,negative_prompt\nSharp,sharp,blurry\n", encoding="utf-8")
+    return AppContext.create(Paths.make(data_dir=data, outdir=tmp_path_factory.mktemp("out")), CPU)
+
+
+def test_txt2img_hires_tiling_styles_from_the_tab(ctx: AppContext) -> None:
+    with gr.Blocks() as demo:
+        tab = build_generation_tab(ctx, "txt2img", 64)
+    extras = tab.extras
+    assert {"enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+            "denoising_strength", "hr_sampler", "hr_prompt", "hr_negative_prompt", "tiling", "styles",
+            "refiner_checkpoint", "refiner_switch_at"} <= set(extras)
+    assert extras["styles"].choices == [("Sharp", "Sharp")]
+    (fn,) = [f for f in demo.fns.values() if f.api_name == "txt2img"]
+    data = {c: (c.value() if callable(c.value) else c.value) for c in fn.inputs}
+    data.update({tab.prompt: "a dot", tab.steps: 2, tab.width: 64, tab.height: 64, extras["enable_hr"]: True,
+                 extras["hr_scale"]: 2.0, extras["denoising_strength"]: 0.5, extras["tiling"]: True,
+                 extras["styles"]: ["Sharp"]})
+    final = list(fn.fn(data))[-1]
+    states = [v for v in final.values() if isinstance(v, dict) and v.get("seeds")]
+    assert states, final
+    assert states[0]["images"][0].size == (128, 128)
+    text = states[0]["infotexts"][0]
+    assert text.startswith("a dot, sharp\nNegative prompt: blurry\n")
+    assert "Hires upscale: 2" in text and "Tiling: True" in text
+
+    # Paste (send-to, PNG Info) fills the same controls back.
+    pasted = paste_values(tab, text)
+    assert pasted[extras["enable_hr"]] is True and pasted[extras["tiling"]] is True
+    assert pasted[extras["hr_scale"]] == 2.0 and pasted[extras["denoising_strength"]] == 0.5
+    assert pasted[extras["hr_upscaler"]] == "Latent"
+
+
+def test_every_mode_has_tiling_styles_and_refiner(ctx: AppContext) -> None:
+    for mode in ("img2img", "inpaint", "outpaint"):
+        with gr.Blocks():
+            tab = build_generation_tab(ctx, mode, 0)
+        assert {"tiling", "styles", "refiner_checkpoint", "refiner_switch_at"} <= set(tab.extras)
+        assert "enable_hr" not in tab.extras
+
+
+def test_apply_styles_writes_them_into_the_prompts(ctx: AppContext) -> None:
+    assert apply_styles(ctx.styles, "a dot", None, ["Sharp"]) == ("a dot, sharp", "blurry", [])
+    assert apply_styles(ctx.styles, "a dot", "x", []) == ("a dot", "x", [])
+    with pytest.raises(UserError, match="'Gone'"):
+        apply_styles(ctx.styles, "a dot", "", ["Gone"])
