@@ -83,7 +83,8 @@ def add_global_flags(parser: argparse.ArgumentParser, suppress: bool = False) ->
     add("--device", default=None, metavar="{cpu,cuda,mps}",
         help="where models run (cuda:N picks a GPU); default: CUDA if available, else MPS, else the CPU")
     add("--precision", choices=PRECISION_CHOICES, default="auto",
-        help="auto: fp16 on GPUs, fp32 on the CPU; full: fp32; half: fp16; bf16: bfloat16")
+        help="auto: fp16 on GPUs, bf16 on CPUs with native bf16 (fp32 on others and for small models); "
+             "full: fp32; half: fp16; bf16: bfloat16")
     add("--no-half", action="store_true", default=False, help="run everything in fp32 (same as --precision full)")
     add("--no-half-vae", action="store_true", default=False,
         help="keep the VAE in fp32 (fp16 VAEs can overflow into black pictures)")
@@ -92,9 +93,11 @@ def add_global_flags(parser: argparse.ArgumentParser, suppress: bool = False) ->
     add("--lowvram", action="store_true", default=False,
         help="save more GPU memory than --medvram, at a large speed cost")
     add("--threads", type=_positive_int, default=None, metavar="N",
-        help="CPU threads torch uses (default: torch's own choice)")
+        help="CPU threads torch uses (default: the cores this process may use)")
     add("--compile", action="store_true", default=False,
         help="compile the UNet with torch.compile (opt-in: the first generation is slow while it compiles)")
+    add("--vae-tiling", action="store_true", default=False,
+        help="decode pictures in tiles at every size (always done above 1024×1024) to save memory")
 
 
 def _adder(group: argparse._ArgumentGroup, suppress: bool) -> Callable[..., None]:
@@ -157,7 +160,8 @@ def create_context(args: argparse.Namespace) -> AppContext:
         raise UserError(f"--data-dir {args.data_dir} is not a folder.")
     paths = Paths.make(args.data_dir, args.ckpt_dir, args.outdir)
     policy = DevicePolicy.from_flags(args.device, args.precision, args.no_half, args.no_half_vae,
-                                     args.medvram, args.lowvram)
+                                     args.medvram, args.lowvram, compile=args.compile,
+                                     vae_tiling=getattr(args, "vae_tiling", False))
     ctx = AppContext.create(paths, policy)
     log.info("Device: %s; data folder: %s", policy.describe(), paths.data_dir)
     if args.ckpt:
@@ -227,12 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from modules.errors import UserError
 
     try:
-        if args.threads:
-            import torch
+        from modules.devices import configure_threads
 
-            torch.set_num_threads(args.threads)
-        if args.compile:
-            log.warning("--compile is not used by this version yet; running without torch.compile.")
+        configure_threads(args.threads)
         ctx = create_context(args)
         from modules.extensions import load_extensions
 

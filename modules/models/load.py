@@ -2,6 +2,12 @@
 
 Only `.safetensors` (through safetensors) and `torch.load(weights_only=True)` are used to read files:
 a pickle that wants to run code is refused before it can.
+
+Memory: safetensors hands out tensors backed by a memory map of the file (nothing is read until
+used), and `.ckpt` files are memory-mapped too (`torch.load(mmap=True)`). Each tensor is cast to the
+policy's dtype and assigned into modules built on the meta device, and the file's tensor is dropped
+right away, so a model is never held twice; where the file already has the wanted dtype the module's
+weights *are* the mapped file pages.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from modules.models.arch import ModelArch, load_ldm_config
 from modules.models.build import TextEncoder, build_text_encoder, build_unet, build_vae
 from modules.models.convert import ldm_to_modules, modules_to_ldm, vae_from_ldm
 from modules.models.detect import beside_yaml, detect_config
+from modules.models.placement import place_model, weights_device
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -39,6 +46,7 @@ class SDModel:
     path: Path | None = None
     config_reason: str = ""
     vae_path: Path | None = None  # a separate VAE file in use, if any
+    policy: DevicePolicy | None = None  # the device policy it was loaded with (per model size)
 
     def module_states(self) -> dict[str, dict[str, torch.Tensor]]:
         states = {"unet": self.unet.state_dict(), "vae": self.vae.state_dict()}
@@ -63,7 +71,7 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
                                   "It may be truncated: download it again.") from exc
     if suffix in PICKLE_SUFFIXES:
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            obj = _torch_load(path)
         except pickle.UnpicklingError as exc:
             raise CheckpointError(
                 f"Refused to load {path.name}: it contains Python objects other than tensors, which could run "
@@ -79,6 +87,15 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
             raise CheckpointError(f"{path.name} holds a {type(obj).__name__}, not a dictionary of weights.")
         return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, {}
     raise CheckpointError(f"{path.name}: unsupported file type {suffix!r}; use .safetensors or .ckpt.")
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):  # legacy (pre-zip) checkpoints cannot be mapped; read them whole
+            raise
+        return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def resolve_arch(
@@ -97,7 +114,13 @@ def resolve_arch(
 
 def _materialise(module: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype,
                  device: torch.device, name: str, source: str) -> torch.nn.Module:
-    cast = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in state.items()}
+    # Emptied as it goes: each source tensor is released once its cast copy exists (a no-op cast
+    # keeps the very same, memory-mapped tensor).
+    cast = {}
+    for key in list(state):
+        value = state.pop(key)
+        cast[key] = value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
+        del value
     result = module.load_state_dict(cast, strict=False, assign=True)
     # Persistent keys only: buffers that are not saved (e.g. position_ids) were built real.
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
@@ -109,17 +132,22 @@ def _materialise(module: torch.nn.Module, state: dict[str, torch.Tensor], dtype:
 
 def build_model(arch: ModelArch, modules: dict[str, dict[str, torch.Tensor]], policy: DevicePolicy,
                 source: str = "checkpoint") -> SDModel:
-    """Modules for `arch` filled from converted state dicts; parameters are never allocated twice."""
+    """Modules for `arch` filled from converted state dicts (emptied on the way: each tensor is
+    released once placed); parameters are never allocated twice. Memory format, offloading and
+    compilation follow in `placement.place_model`."""
+    parameters = sum(t.numel() for state in modules.values() for t in state.values())
+    policy = policy.for_model(parameters)
+    device = weights_device(policy)
     with init_empty_weights(include_buffers=False):
         unet, vae = build_unet(arch), build_vae(arch)
         encoders = [build_text_encoder(spec) for spec in arch.text_encoders]
-    unet = _materialise(unet, modules["unet"], policy.dtype, policy.device, "UNet", source)
-    vae = _materialise(vae, modules["vae"], policy.vae_dtype, policy.device, "VAE", source)
+    unet = _materialise(unet, modules["unet"], policy.dtype, device, "UNet", source)
+    vae = _materialise(vae, modules["vae"], policy.vae_dtype, device, "VAE", source)
     encoders = [
-        _materialise(enc, modules[f"text_encoder_{i}"], policy.dtype, policy.device, f"text encoder {i}", source)
+        _materialise(enc, modules[f"text_encoder_{i}"], policy.dtype, device, f"text encoder {i}", source)
         for i, enc in enumerate(encoders)
     ]
-    return SDModel(arch=arch, unet=unet, vae=vae, text_encoders=encoders)
+    return SDModel(arch=arch, unet=unet, vae=vae, text_encoders=encoders, policy=policy)
 
 
 def load_checkpoint(path: str | Path, policy: DevicePolicy, config: Path | None = None) -> SDModel:
@@ -131,7 +159,7 @@ def load_checkpoint(path: str | Path, policy: DevicePolicy, config: Path | None 
     del state
     model = build_model(arch, modules, policy, source=path.name)
     model.extras, model.path, model.config_reason = extras, path, reason
-    return model
+    return place_model(model, model.policy or policy)
 
 
 def save_checkpoint(model: SDModel, path: str | Path, dtype: torch.dtype | None = None,

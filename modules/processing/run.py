@@ -18,9 +18,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from modules.devices import execution_device
 from modules.errors import UserError
 from modules.images import make_grid, save_grid, save_image
 from modules.models.load import SDModel
+from modules.models.placement import decode as vae_decode
 from modules.models.registry import ModelRegistry
 from modules.networks.prompt import prepare as prepare_networks
 from modules.processing import hires
@@ -252,18 +254,18 @@ def _to_tensor(image: Image.Image, device: torch.device, dtype: torch.dtype) -> 
 
 def encode_image(model: SDModel, image: Image.Image) -> torch.Tensor:
     """Pixels → scaled latents (the distribution's mean: deterministic for a given picture)."""
-    param = next(model.vae.parameters())
+    dtype = next(model.vae.parameters()).dtype
     with torch.no_grad():
-        dist = model.vae.encode(_to_tensor(image, param.device, param.dtype)).latent_dist
+        dist = model.vae.encode(_to_tensor(image, execution_device(model.vae), dtype)).latent_dist
     return dist.mode().float() * model.arch.scale_factor
 
 
 def decode_latents(model: SDModel, latents: torch.Tensor) -> list[Image.Image]:
-    param = next(model.vae.parameters())
+    device, dtype = execution_device(model.vae), next(model.vae.parameters()).dtype
     images = []
     with torch.no_grad():
         for latent in latents:  # one at a time: the decoder's activations dominate memory
-            x = model.vae.decode((latent[None] / model.arch.scale_factor).to(param.device, param.dtype)).sample
+            x = vae_decode(model.vae, (latent[None] / model.arch.scale_factor).to(device, dtype))
             arr = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             images.append(Image.fromarray(arr))
     return images
@@ -277,7 +279,7 @@ def _latent_mask(mask: Image.Image, height: int, width: int, device: torch.devic
 def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list[int], subseeds: list[int] | None,
                batch_index: int, second_pass: bool = False) -> list[Image.Image]:
     model, control = job.model, job.control
-    device = next(model.unet.parameters()).device
+    device = execution_device(model.unet)
     dtype = next(model.unet.parameters()).dtype
     h, w = params.height // 8, params.width // 8
     batch = len(seeds)

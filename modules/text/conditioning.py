@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from modules.devices import execution_device
 from modules.models.arch import TextEncoderSpec
 from modules.text.embeddings import PLACEHOLDER_BASE, EmbeddingTable, EmbeddingVectors
 from modules.text.prompt_parser import extract_lora_tags, parse_prompt_attention
@@ -110,10 +111,6 @@ def _final_layer_norm(encoder: torch.nn.Module) -> torch.nn.Module:
     return inner.final_layer_norm
 
 
-def _param(encoder: torch.nn.Module) -> torch.Tensor:
-    return next(encoder.parameters())
-
-
 def apply_emphasis(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """A1111 emphasis on [N, 77, D] chunks with [N, 77] weights: scale tokens, keep each chunk's mean.
 
@@ -181,12 +178,12 @@ class PromptEncoder:
 
         contexts: list[torch.Tensor] = []
         pooled_parts: list[torch.Tensor] = []
-        out_device = _param(self.encoders[0]).device
+        out_device = execution_device(self.encoders[0])
         for index, (spec, encoder) in enumerate(zip(self.specs, self.encoders, strict=True)):
             rows = [chunk_ids(chunk, spec.pad_with_eos) for chunks in per_prompt for chunk in chunks]
-            param = _param(encoder)
-            ids = torch.tensor([r[0] for r in rows], dtype=torch.long, device=param.device)
-            weights = torch.tensor([r[1] for r in rows], dtype=torch.float32, device=param.device)
+            device = execution_device(encoder)
+            ids = torch.tensor([r[0] for r in rows], dtype=torch.long, device=device)
+            weights = torch.tensor([r[1] for r in rows], dtype=torch.float32, device=device)
             # All chunks of all prompts in one pass: the encoder is causal and unmasked, so chunks
             # do not see each other and batching gives the same result as one chunk at a time.
             with self.embeddings.hooked(encoder, index, ids) if self.embeddings else nullcontext(ids) as ids:

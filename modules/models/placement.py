@@ -1,0 +1,77 @@
+"""Put a freshly loaded model where the device policy wants it, and decode latents within memory.
+
+- memory format: channels-last weights for the UNet and the VAE where that was measured faster;
+- `--medvram`: each whole part (text encoders, UNet, VAE) moves to the device only while it runs,
+  the previous part moving back (accelerate's `cpu_offload_with_hook`, chained in use order);
+- `--lowvram`: every layer's weights stay in CPU memory and visit the device only for their own
+  forward (accelerate's `cpu_offload`, i.e. sequential offloading);
+- `--compile`: the UNet goes through `torch.compile` (the first generation per size pays for it);
+- VAE decoding tiles (diffusers' `tiled_decode`) when tiling is switched on or the picture is large.
+
+On a CPU-only machine the offloading hooks have the CPU as their execution device: no copies are
+made, but the very same hooks run, which is what the tests exercise.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate import cpu_offload, cpu_offload_with_hook
+
+from modules.devices import DevicePolicy
+
+if TYPE_CHECKING:  # load.py calls into this module
+    from modules.models.load import SDModel
+
+log = logging.getLogger(__name__)
+
+# Above this many latent pixels (a 1024×1024 picture for SD's 8× VAE) the decoder's activations
+# grow past several GB, so the decode tiles automatically; `--vae-tiling` tiles at every size.
+AUTO_TILE_LATENT_PIXELS = 128 * 128
+
+
+def place_model(model: SDModel, policy: DevicePolicy) -> SDModel:
+    """Apply the policy's memory format, offloading and compilation to a just-built model (in place)."""
+    if policy.channels_last:
+        model.unet.to(memory_format=torch.channels_last)
+        model.vae.to(memory_format=torch.channels_last)
+    if policy.vae_tiling:
+        model.vae.enable_tiling()
+    parts: list[torch.nn.Module] = [*model.text_encoders, model.unet, model.vae]
+    if policy.offload == "medvram":
+        hooks = []
+        for part in parts:
+            _, hook = cpu_offload_with_hook(part, policy.device, prev_module_hook=hooks[-1] if hooks else None)
+            hooks.append(hook)
+        # Closing the circle: the next request's text encoding sends the VAE back as well.
+        hooks[0].hook.prev_module_hook = hooks[-1]
+    elif policy.offload == "lowvram":
+        for part in parts:
+            cpu_offload(part, execution_device=policy.device)
+    if policy.compile:
+        # In place (nn.Module.compile), so the UNet keeps its type, weights and LoRA merging.
+        model.unet.compile()
+        log.info("The UNet will be compiled with torch.compile during the first generation (slow once).")
+    return model
+
+
+def weights_device(policy: DevicePolicy) -> torch.device:
+    """Where a model's weights are loaded to: the CPU when they are offloaded, else the device."""
+    return policy.offload_device if policy.offload != "none" else policy.device
+
+
+def decode(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """VAE decode of unscaled latents, in tiles when tiling is on or the latents are large.
+
+    Always through `vae.decode` (diffusers runs it through accelerate's offloading hooks, and sends
+    it to `tiled_decode` itself when tiling is enabled and the latents exceed one tile).
+    """
+    if getattr(vae, "use_tiling", True) or z.shape[-1] * z.shape[-2] <= AUTO_TILE_LATENT_PIXELS:
+        return vae.decode(z).sample
+    vae.enable_tiling()
+    try:
+        return vae.decode(z).sample
+    finally:
+        vae.disable_tiling()
