@@ -65,16 +65,16 @@ def verdicts(registry: ModelRegistry) -> list[tuple[tuple[str, str, str], object
 
 def test_prompt_sets_the_shape_colour_and_shape(verdicts) -> None:
     # 8 colours x 2 seeds; chance would be 2/16 for the colour and 4/16 for the shape. The full
-    # evaluator (scripts/eval_default_model.py) measures 85% colour, 55% shape on held-in prompts.
+    # evaluator (scripts/eval_default_model.py) measures 89% colour, 42% shape on held-in prompts.
     colour = sum(v.foreground == fg for (fg, _, _), v in verdicts)
     shape = sum(v.shape == sh for (_, sh, _), v in verdicts)
     assert colour >= 8, [(c, v.caption) for c, v in verdicts]
     assert shape >= 7, [(c, v.caption) for c, v in verdicts]
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped model does not follow the background colour yet (issue 4)")
 def test_prompt_sets_the_background(verdicts) -> None:
-    assert sum(v.background == bg for (_, _, bg), v in verdicts) >= 12
+    # Chance is 2/16; the evaluator measures 97% on held-in prompts.
+    assert sum(v.background == bg for (_, _, bg), v in verdicts) >= 14, [(c, v.caption) for c, v in verdicts]
 
 
 def test_negative_prompt_removes_what_it_names(registry: ModelRegistry) -> None:
@@ -88,11 +88,15 @@ def test_negative_prompt_removes_what_it_names(registry: ModelRegistry) -> None:
 
 def test_img2img_recolours_and_keeps_place(registry: ModelRegistry) -> None:
     source = draw_shape("circle", "red", "blue", 128, 44, 80, 30)
-    image = _run(registry, Img2ImgParams, init_image=source, prompt="a green circle on a blue background",
-                 denoising_strength=0.75, seed=5)
-    before, after = judge(source), judge(image)
-    assert (after.foreground, after.shape, after.background) == ("green", "circle", "blue")
-    assert np.hypot(*(np.array(after.centroid) - np.array(before.centroid))) < 20  # the radius is 30 px
+    before = judge(source)
+    for seed in (1, 2, 3):
+        image = _run(registry, Img2ImgParams, init_image=source, prompt="a green circle on a blue background",
+                     denoising_strength=0.75, seed=seed)
+        after = judge(image)
+        assert (after.foreground, after.shape, after.background) == ("green", "circle", "blue"), seed
+        # The new shape's centre lies inside the old one (radius 30 px): at strength 0.75 the model
+        # keeps the place, not the exact outline.
+        assert np.hypot(*(np.array(after.centroid) - np.array(before.centroid))) < 30, seed
 
 
 def test_inpaint_puts_a_yellow_star_in_the_masked_area_only(registry: ModelRegistry) -> None:
