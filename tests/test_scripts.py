@@ -200,7 +200,7 @@ def test_xyz_plot_on_img2img_with_denoising_and_sampler_axes(client: TestClient)
     assert "Denoising strength: 0.9" in texts[2] and "Sampler: DDIM" in texts[3]
     left, top = label_margins(["Denoising: 0.2", "Denoising: 0.9"], ["Euler", "DDIM"])
     assert grid.size == (left + 128, top + 128)
-    # The Denoising axis needs a picture to denoise: refused on txt2img.
+    # The Denoising axis needs a picture to denoise: refused on txt2img without hires. fix.
     answer = client.post(f"{API}/txt2img", json={**SMALL, "script_name": "X/Y/Z plot", "script_args": args})
     assert answer.status_code == 400 and "Denoising" in answer.json()["detail"]
 

@@ -108,8 +108,10 @@ class XYZPlot(Script):
             text = args[f"{name}_values"]
             if not text.strip() and args[f"{name}_values_dropdown"]:
                 text = ",".join(f'"{v}"' for v in args[f"{name}_values_dropdown"])
-            if kind.label == "Denoising" and not hasattr(params, "denoising_strength"):
-                raise UserError("X/Y/Z plot: the Denoising axis needs img2img.")
+            # txt2img has a denoising strength only for its hires. fix pass.
+            if kind.label == "Denoising" and not (hasattr(params, "denoising_strength")
+                                                  and getattr(params, "enable_hr", True)):
+                raise UserError("X/Y/Z plot: the Denoising axis needs img2img, or txt2img with hires. fix.")
             values = kind.parse(ctx, params, text)
             if not values:
                 raise UserError(f"X/Y/Z plot: the {name.upper()} axis ({kind.label}) has no values; "
