@@ -147,3 +147,22 @@ def test_default_model_edited_prompt_differs_from_both(tmp_path: Path) -> None:
     edited = images["a [red:blue:0.5] circle"]
     for pure in ("a red circle", "a blue circle"):
         assert np.abs(edited - images[pure]).mean() > 1.0, pure
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the embedded default model is missing")
+def test_default_model_switching_colour_late_gives_a_third_colour() -> None:
+    from modules.training.default_model.judge import judge
+
+    registry = ModelRegistry([DEFAULT_MODEL.parent], [], CPU, HashCache(None))
+    registry.load(registry.find(DEFAULT_MODEL.name))
+
+    def colours(prompt: str) -> list[str | None]:
+        return [judge(generate(Txt2ImgParams(prompt=prompt, steps=20, seed=seed, save=False), registry).images[0])
+                .foreground for seed in (1, 2, 3)]
+
+    assert colours("a red circle on a white background") == ["red"] * 3
+    assert colours("a blue circle on a white background") == ["blue"] * 3
+    # The default model settles the shape's colour late in sampling: red for the first 70% of the
+    # steps, then blue, leaves a colour that is neither (the judge names it, e.g. green or black).
+    mixed = colours("a [red:blue:0.7] circle on a white background")
+    assert all(c not in ("red", "blue") for c in mixed), mixed
