@@ -108,4 +108,4 @@ class AppContext:
         one request at a time on the device (the registry's lock queues the others)."""
         return generate(self.styles.apply_to(params), self.registry, self.outdir, self.control, self.image_hooks,
                         lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,
-                        upscalers=self.upscalers)
+                        upscalers=self.upscalers, filename_pattern=self.options.options.samples_filename_pattern)

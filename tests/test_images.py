@@ -162,3 +162,16 @@ def test_save_grid(tmp_path: Path) -> None:
     assert first.parent == dated_folder(tmp_path)
     assert read_infotext(first) == INFOTEXT
     assert sorted(p.name for p in first.parent.iterdir()) == ["00000-1.png", "grid-0000.png", "grid-0001.png"]
+
+
+def test_the_file_naming_setting_names_generated_files(tmp_path: Path) -> None:
+    from modules.context import AppContext, Paths
+    from modules.processing.params import Txt2ImgParams
+    from tests.tiny_models import CPU, write_tiny_checkpoint
+
+    write_tiny_checkpoint(tmp_path / "models" / "Stable-diffusion", "sd1", stem="tiny", seed=0)
+    ctx = AppContext.create(Paths.make(data_dir=tmp_path), CPU)
+    ctx.options.update({"samples_filename_pattern": "[seed]-[prompt_words]"})
+    result = ctx.generate(Txt2ImgParams(prompt="red circle", seed=42, steps=2, width=64, height=64))
+    assert [p.name for p in result.paths] == ["00000-42-red circle.png"]
+    assert result.paths[0].parent.parent == tmp_path / "outputs" / "txt2img-images"

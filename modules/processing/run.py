@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from modules.devices import execution_device
 from modules.errors import UserError
-from modules.images import make_grid, save_grid, save_image
+from modules.images import DEFAULT_PATTERN, make_grid, save_grid, save_image
 from modules.models.load import SDModel
 from modules.models.placement import decode as vae_decode
 from modules.models.registry import ModelRegistry
@@ -97,7 +97,8 @@ ImageHook = Callable[[Image.Image, str, GenerationParams], Image.Image | None]
 def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | None = None,
              control: GenerationControl | None = None, image_hooks: list[ImageHook] | None = None,
              lora_dir: Path | None = None, embeddings_dir: Path | None = None,
-             upscalers: UpscalerRegistry | None = None) -> GenerationResult:
+             upscalers: UpscalerRegistry | None = None, filename_pattern: str = DEFAULT_PATTERN
+             ) -> GenerationResult:
     """Run one generation request; holds the device for its duration (requests queue on it).
 
     `<lora:NAME:WEIGHT>` tags load NAME from `lora_dir`, embeddings named in the prompts come from
@@ -171,7 +172,8 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                     result.infotexts.append(text)
                     result.seeds.append(batch_seeds[i])
                     if params.save and outdir is not None:
-                        result.paths.append(save_image(image, outdir / f"{params.mode}-images", batch_seeds[i], text))
+                        result.paths.append(save_image(image, outdir / f"{params.mode}-images", batch_seeds[i], text,
+                                                       pattern=filename_pattern))
             if params.save and params.save_grid and outdir is not None and len(result.images) > 1:
                 result.grid_path = save_grid(make_grid(result.images), outdir / f"{params.mode}-grids",
                                              result.infotexts[0])

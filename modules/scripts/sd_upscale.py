@@ -118,7 +118,8 @@ class SDUpscale(Script):
         result = GenerationResult(images=[image], infotexts=[text], seeds=[seed], params=params,
                                   interrupted=interrupted)
         if params.save:
-            result.paths.append(save_image(image, ctx.outdir / f"{params.mode}-images", seed, text))
+            result.paths.append(save_image(image, ctx.outdir / f"{params.mode}-images", seed, text,
+                                               pattern=ctx.options.options.samples_filename_pattern))
         return result
 
 
