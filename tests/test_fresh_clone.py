@@ -20,22 +20,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, browser_only
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 START_TIMEOUT_S = 120  # about 20 s on an idle machine; generous for a busy CI box
 READY_LINE = "Running on local URL"
 
 
-def _browser_missing() -> str | None:
-    if not CHROMIUM.exists():
-        return "needs /usr/bin/chromium (apt-get install -y chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "needs playwright (./venv/bin/pip install playwright; not `playwright install`)"
-    return None
 
 
 def _free_port() -> int:
@@ -68,7 +61,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             continue
 
 
-@pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
+@browser_only
 def test_webui_sh_on_a_fresh_clone_serves_the_txt2img_page(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -100,7 +93,7 @@ def test_webui_sh_on_a_fresh_clone_serves_the_txt2img_page(tmp_path: Path) -> No
         assert not any("Installing" in line or "Creating" in line for line in lines), "".join(lines)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM),
-                                         args=["--headless", "--no-sandbox", "--disable-gpu"])
+                                         args=CHROMIUM_ARGS)
             page = browser.new_page()
             page.set_default_timeout(60_000)
             page.goto(f"http://127.0.0.1:{port}/")

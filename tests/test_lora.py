@@ -33,6 +33,7 @@ from modules.text.embeddings import EmbeddingVectors
 from modules.text.tokenizer import get_tokenizer
 from modules.training.lora import data as D
 from modules.training.lora.train import LoraTrainSettings, train_lora
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, browser_only
 from tests.tiny_models import CPU, REPO, build_random_model, write_tiny_checkpoint
 
 
@@ -398,20 +399,11 @@ def test_ui_pieces_build_and_insert_tags(home: Path, lora_files: dict[str, Path]
     assert insert_tag("a shinystyles", "shinystyle") == "a shinystyles, shinystyle"
 
 
-CHROMIUM = Path("/usr/bin/chromium")
 
 
-def _browser_missing() -> str | None:
-    if not CHROMIUM.exists():
-        return "needs /usr/bin/chromium (apt-get install -y chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "needs playwright (./venv/bin/pip install playwright; not `playwright install`)"
-    return None
 
 
-@pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
+@browser_only
 def test_panel_and_train_tab_in_the_browser(home: Path, lora_files: dict[str, Path], tmp_path: Path) -> None:
     """In the real page: clicking a LoRA / an embedding in a generation tab's panel adds it to that
     tab's prompt (refresh finds new files); the Train tab shows loss and sample pictures while it
@@ -432,8 +424,7 @@ def test_panel_and_train_tab_in_the_browser(home: Path, lora_files: dict[str, Pa
                                           skip_load_model_at_start=True), block=False)
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox",
-                                                                               "--disable-gpu"])
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(180_000)
             page.goto(f"http://127.0.0.1:{port}/")

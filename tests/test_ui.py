@@ -34,11 +34,9 @@ from modules.processing.infotext import parse_infotext
 from modules.ui import ExtraTab, ScriptControls, ScriptHook, build_ui, launch, parse_auth
 from modules.ui.modes import editor_image_and_mask
 from modules.ui.paste import infotext_values
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, browser_missing, browser_only
 from tests.tiny_models import CPU, write_tiny_checkpoint
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 180_000  # generous: the CI machine may be busy training while the tests run
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "Stable-diffusion" / "default-shapes.safetensors"
 
@@ -150,17 +148,7 @@ def test_infotext_values_for_paste() -> None:
 
 # ------------------------------------------------------------------------------------------ browser
 
-def _browser_missing() -> str | None:
-    if not CHROMIUM.exists():
-        return "needs /usr/bin/chromium (apt-get install -y chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "needs playwright (./venv/bin/pip install playwright; not `playwright install`)"
-    return None
 
-
-browser_only = pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
 
 
 def _free_port() -> int:
@@ -179,8 +167,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(data_dir: Path) -> Iterator[Server]:
-    if _browser_missing():
-        pytest.skip(_browser_missing() or "")
+    if browser_missing():
+        pytest.skip(browser_missing() or "")
     from modules.extensions import load_extensions
     from modules.ui import extension_hooks
 
@@ -198,8 +186,8 @@ def server(data_dir: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if _browser_missing():
-        pytest.skip(_browser_missing() or "")
+    if browser_missing():
+        pytest.skip(browser_missing() or "")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
