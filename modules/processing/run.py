@@ -78,7 +78,7 @@ class _Job:
     refiner_prompts: PromptSchedules | None = None
     hr: hires.HiresPlan | None = None
     hires_prompts: PromptSchedules | None = None
-    upscalers: UpscalerRegistry | None = None
+    upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry)
 
 
 @dataclass
@@ -371,7 +371,7 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
             control.report_step(step, preview)
     progress.close()
     if job.hr is not None and not second_pass and not control.should_stop_batch():
-        start_latents = hires.upscale(job.hr, latents, job.upscalers or UpscalerRegistry(),
+        start_latents = hires.upscale(job.hr, latents, job.upscalers,
                                       lambda x: decode_latents(model, x), lambda image: encode_image(model, image))
         return _run_batch(job, hires.second_pass_params(params, job.hr),
                           _Pixels(latents=start_latents, strength=job.hr.denoising_strength),
