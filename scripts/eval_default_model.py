@@ -33,9 +33,11 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=7.0)
     parser.add_argument("--sampler", default="Euler a")
     parser.add_argument("--show-failures", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (fp32 either way)")
     args = parser.parse_args()
 
-    registry = ModelRegistry([args.ckpt.parent], [], DevicePolicy.cpu(), HashCache(None))
+    registry = ModelRegistry([args.ckpt.parent], [], DevicePolicy.from_flags(args.device, precision="full"),
+                             HashCache(None))
     registry.load(registry.find(args.ckpt.name))
     seeds = range(1000, 1000 + args.seeds)
     start = time.time()

@@ -57,7 +57,11 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's choice)")
     parser.add_argument("--work", type=Path, default=None, help="keep the folder and LoRA here")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or auto; on CUDA the model is fp16 and the LoRA trains in mixed "
+                             "precision with gradient checkpointing, as webui.py train-lora does there")
     args = parser.parse_args()
+    policy = DevicePolicy.cpu() if args.device == "cpu" else DevicePolicy.from_flags(args.device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,10 +74,10 @@ def main() -> None:
                                  train_text_encoder=args.train_text_encoder, min_snr_gamma=args.min_snr_gamma,
                                  lr_schedule=args.lr_schedule, unet_targets=args.unet_layers)
     start = time.time()
-    result = train_lora(load_checkpoint(args.model, DevicePolicy.cpu()), settings, lora_dir)
+    result = train_lora(load_checkpoint(args.model, policy), settings, lora_dir)
     train_seconds = time.time() - start
 
-    registry = ModelRegistry([args.model.parent], [], DevicePolicy.cpu(), HashCache(None))
+    registry = ModelRegistry([args.model.parent], [], policy, HashCache(None))
     registry.load(registry.find(args.model.name))
     seeds = list(range(100, 100 + args.seeds))
     runs = {

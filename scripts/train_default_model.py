@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--name", default="default-shapes")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="continue from an earlier result (keeps its autoencoder, skips stage 1)")
+    parser.add_argument("--vae-from", type=Path, default=None,
+                        help="take only the autoencoder of an earlier result; train the rest from scratch")
     parser.add_argument("--work-dir", type=Path, default=None, help="where snapshots are written every 1000 steps")
     for f in dataclasses.fields(TrainSettings):
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
@@ -33,7 +35,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     settings = TrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)})
     start = time.time()
-    path = train_default_model(args.out, settings, args.name, args.work_dir, args.init_from)
+    path = train_default_model(args.out, settings, args.name, args.work_dir, args.init_from, args.vae_from)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {(time.time() - start) / 60:.1f} min")
 
 

@@ -55,12 +55,24 @@ class TrainSettings:
     # Offset noise: a per-image, per-channel constant added to the noise, so the model learns to move
     # the picture's mean colour (plain backgrounds); without it backgrounds drift to the latent mean.
     offset_noise: float = 0.1
+    # "eps" (SD 1.x) or "v" (SD 2.x's v-prediction, written as `parameterization: v` in the yaml).
+    parameterization: str = "eps"
+    linear_end: float = 0.02
+    model_channels: int = 32
     threads: int = 0  # 0: torch's default
+    # Where the networks train ("cpu", "cuda", "auto"). Every random draw happens on the CPU, so the
+    # data, noise and timesteps are the same on any device; only float rounding differs.
+    device: str = "cpu"
+    # Stop stage 3 after this many seconds (0: never); for quick experiments, breaks determinism.
+    time_limit: float = 0.0
 
 
-def default_model_config(size: int = 128) -> dict[str, Any]:
+def default_model_config(size: int = 128, model_channels: int = 32, linear_end: float = 0.02,
+                         parameterization: str = "eps") -> dict[str, Any]:
     """The model's YAML in the original LDM format, with its small widths stated explicitly."""
-    return {
+    if parameterization not in ("eps", "v"):
+        raise ValueError(f"parameterization must be 'eps' or 'v', got {parameterization!r}")
+    config = {
         "model": {
             "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
             "params": {
@@ -69,13 +81,14 @@ def default_model_config(size: int = 128) -> dict[str, Any]:
                 # background colour of the training picture and samples keep whatever background
                 # their seed's noise suggests. 0.02 lowers the terminal signal-to-noise ratio ~20×,
                 # about the shift the 16× fewer latent pixels call for.
-                "linear_start": 0.00085, "linear_end": 0.02, "timesteps": 1000,
+                "linear_start": 0.00085, "linear_end": linear_end, "timesteps": 1000,
                 "first_stage_key": "jpg", "cond_stage_key": "txt", "image_size": size // 8, "channels": 4,
                 "conditioning_key": "crossattn", "scale_factor": 1.0, "use_ema": False,
                 "unet_config": {
                     "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
                     "params": {
-                        "image_size": size // 8, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+                        "image_size": size // 8, "in_channels": 4, "out_channels": 4,
+                        "model_channels": model_channels,
                         "attention_resolutions": [4, 2, 1], "num_res_blocks": 2, "channel_mult": [1, 2, 2, 2],
                         "num_heads": 4, "use_spatial_transformer": True, "transformer_depth": 1,
                         "context_dim": 64, "legacy": False,
@@ -100,6 +113,9 @@ def default_model_config(size: int = 128) -> dict[str, Any]:
             },
         }
     }
+    if parameterization == "v":
+        config["model"]["params"]["parameterization"] = "v"
+    return config
 
 
 def _tokens(captions: list[str]) -> torch.Tensor:
@@ -129,7 +145,7 @@ def train_vae(vae: torch.nn.Module, s: TrainSettings, rng: np.random.Generator) 
         images, _ = make_batch(rng, s.vae_batch, s.size)
         x = batch_to_tensor(images)
         top, left = (int(v) for v in rng.integers(0, s.size - s.vae_crop + 1, size=2))
-        x = x[:, :, top: top + s.vae_crop, left: left + s.vae_crop]
+        x = x[:, :, top: top + s.vae_crop, left: left + s.vae_crop].to(next(vae.parameters()).device)
         for group in opt.param_groups:
             group["lr"] = _lr(step, s.vae_steps, s.vae_lr, 100)
         posterior = vae.encode(x).latent_dist
@@ -155,8 +171,8 @@ def encode_dataset(vae: torch.nn.Module, s: TrainSettings, rng: np.random.Genera
     for _ in range(0, s.dataset_size, 64):
         images, caps = make_batch(rng, 64, s.size)
         x = batch_to_tensor(images)
-        z = vae.encode(x).latent_dist.mean
-        latents.append(z)
+        z = vae.encode(x.to(next(vae.parameters()).device)).latent_dist.mean
+        latents.append(z.float().cpu())
         captions += caps
         pooled_rgb.append(F.avg_pool2d(x, 8))
     z = torch.cat(latents)[: s.dataset_size]
@@ -176,13 +192,19 @@ def encode_dataset(vae: torch.nn.Module, s: TrainSettings, rng: np.random.Genera
 def train_unet(unet: torch.nn.Module, text_encoder: torch.nn.Module, latents: torch.Tensor,
                captions: list[str], scale: float, s: TrainSettings, arch_schedule: dict[str, Any],
                rng: np.random.Generator, snapshot: Any = None) -> tuple[torch.nn.Module, torch.nn.Module]:
+    device = next(unet.parameters()).device
     betas = torch.linspace(arch_schedule["beta_start"] ** 0.5, arch_schedule["beta_end"] ** 0.5, 1000,
                            dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1 - betas, 0).float()
     snr = alphas_cumprod / (1 - alphas_cumprod)
+    v_pred = s.parameterization == "v"
+    # Min-SNR weighting: the easy low-noise steps stop dominating the loss. In terms of the predicted
+    # target that is min(SNR, gamma)/SNR for epsilon and min(SNR, gamma)/(SNR + 1) for v.
+    loss_weight = (torch.clamp(snr, max=s.min_snr_gamma) / (snr + 1 if v_pred else snr)).to(device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=s.unet_lr, weight_decay=0.01)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
     tokens = _tokens(captions)
     empty = _tokens([""])[0]
     unet.train()
@@ -202,11 +224,11 @@ def train_unet(unet: torch.nn.Module, text_encoder: torch.nn.Module, latents: to
         t = torch.randint(0, 1000, (s.unet_batch,), generator=gen)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        target = a.sqrt() * noise - (1 - a).sqrt() * z0 if v_pred else noise
+        zt, target, ids, t_dev = zt.to(device), target.to(device), ids.to(device), t.to(device)
         context = text_encoder(ids).last_hidden_state
-        pred = unet(zt, t, encoder_hidden_states=context).sample
-        # Min-SNR weighting: the easy low-noise steps stop dominating the loss.
-        weight = torch.clamp(snr[t], max=s.min_snr_gamma) / snr[t]
-        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        pred = unet(zt, t_dev, encoder_hidden_states=context).sample
+        loss = (loss_weight[t_dev] * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         for group in opt.param_groups:
             group["lr"] = _lr(step, s.unet_steps, s.unet_lr, s.warmup)
         opt.zero_grad(set_to_none=True)
@@ -215,33 +237,41 @@ def train_unet(unet: torch.nn.Module, text_encoder: torch.nn.Module, latents: to
         opt.step()
         decay = min(s.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
-                for pe, pl in zip(ema.parameters(), live.parameters(), strict=True):
-                    pe.lerp_(pl, 1 - decay)
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        elapsed = time.time() - start
         if step % 100 == 0 or step == s.unet_steps - 1:
-            elapsed = time.time() - start
             log.info("unet step %d/%d loss %.4f lr %.2e (%.0fs, eta %.0fs)", step, s.unet_steps, running,
                      opt.param_groups[0]["lr"], elapsed, elapsed / (step + 1) * (s.unet_steps - step - 1))
         if snapshot and step and step % 1000 == 0:
             snapshot(ema_unet, ema_text, step)
+        if s.time_limit and elapsed > s.time_limit:
+            log.warning("time limit reached: stopping stage 3 after %d of %d steps", step + 1, s.unet_steps)
+            break
     return ema_unet, ema_text
 
 
 def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-shapes",
-                        work_dir: Path | None = None, init_from: Path | None = None) -> Path:
+                        work_dir: Path | None = None, init_from: Path | None = None,
+                        vae_from: Path | None = None) -> Path:
     """Run all three stages and write `<out_dir>/<name>.safetensors` + `.yaml`; returns the file.
 
     `init_from`: continue from an earlier result of this script (its autoencoder is kept, stage 1 is
-    skipped, stages 2 and 3 run again with `s`)."""
+    skipped, stages 2 and 3 run again with `s`). `vae_from`: take only the autoencoder of an earlier
+    result (stage 1 skipped) and train the UNet and text encoder from scratch."""
+    from modules.devices import DevicePolicy
+    from modules.models.load import load_checkpoint
+
     if s.threads:
         torch.set_num_threads(s.threads)
     # Tiny gradients and Adam moments turn denormal as training settles; on x86 CPUs each denormal
     # operation costs ~100x, which slowed training several-fold. Flushing them changes nothing else.
     torch.set_flush_denormal(True)
+    device = torch.device("cuda" if s.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if s.device == "auto" else s.device)
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
-    config = default_model_config(s.size)
+    config = default_model_config(s.size, s.model_channels, s.linear_end, s.parameterization)
     arch = parse_ldm_config(config)
     vae, unet = build_vae(arch), build_unet(arch)
     text_encoder = build_text_encoder(arch.text_encoders[0])
@@ -251,17 +281,18 @@ def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-sh
         text_encoder.get_input_embeddings().weight.zero_()
 
     if init_from is not None:
-        from modules.devices import DevicePolicy
-        from modules.models.load import load_checkpoint
-
         start = load_checkpoint(init_from, DevicePolicy.cpu())
         config, arch = start.arch.raw, start.arch
         vae, unet, text_encoder = start.vae, start.unet.train(), start.text_encoders[0].train()
         unet.requires_grad_(True)
         text_encoder.requires_grad_(True)
         log.info("continuing from %s", init_from)
-    else:
-        log.info("stage 1: autoencoder")
+    elif vae_from is not None:
+        vae = load_checkpoint(vae_from, DevicePolicy.cpu()).vae.float()
+        log.info("autoencoder from %s", vae_from)
+    vae, unet, text_encoder = vae.to(device), unet.to(device), text_encoder.to(device)
+    if init_from is None and vae_from is None:
+        log.info("stage 1: autoencoder (%s)", device)
         train_vae(vae, s, rng)
     vae.requires_grad_(False)
     log.info("stage 2: encoding %d pictures", s.dataset_size)
@@ -290,7 +321,7 @@ def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-sh
         if work_dir:
             write(unet_, text_, work_dir / f"{name}-step{step}.safetensors")
 
-    log.info("stage 3: UNet + text encoder")
+    log.info("stage 3: UNet + text encoder (%s)", device)
     ema_unet, ema_text = train_unet(unet, text_encoder, latents, captions, scale, s, arch.scheduler_config,
                                     rng, snapshot)
     return write(ema_unet, ema_text, out_dir / f"{name}.safetensors")
