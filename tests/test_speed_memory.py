@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from modules.devices import (
     SMALL_MODEL_PARAMS,
@@ -28,6 +29,7 @@ from modules.models.convert import ldm_to_modules
 from modules.models.discovery import HashCache
 from modules.models.load import load_checkpoint, read_state_dict
 from modules.models.registry import DEFAULT_MODEL_STEM, ModelRegistry
+from modules.networks.lora import layer_table
 from modules.processing.params import Txt2ImgParams
 from modules.processing.run import decode_latents, encode_image, generate
 from modules.training.default_model.judge import judge
@@ -45,9 +47,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _image(path: Path, policy: DevicePolicy, **kw) -> np.ndarray:
     registry = ModelRegistry([path.parent], [], policy, HashCache(None))
     registry.load(registry.find(path.name))
+    return _generate(registry, **kw)
+
+
+def _generate(registry: ModelRegistry, lora_dir: Path | None = None, **kw) -> np.ndarray:
     kw = {"prompt": "a red circle on a blue background", "negative_prompt": "green", "steps": 6,
           "seed": 7, "save": False, **kw}
-    return _arr(generate(Txt2ImgParams(**kw), registry).images[0])
+    return _arr(generate(Txt2ImgParams(**kw), registry, lora_dir=lora_dir).images[0])
 
 
 def _arr(image: Image.Image) -> np.ndarray:
@@ -159,6 +165,33 @@ def test_offload_modes_really_install_accelerate_hooks(tiny: Path) -> None:
     assert next(lowvram.unet.parameters()).device == torch.device("meta")
     assert execution_device(lowvram.unet) == torch.device("cpu")
     assert execution_device(lowvram.text_encoders[0]) == torch.device("cpu")
+
+
+def test_lora_on_a_lowvram_model_gives_the_plain_models_lora_image(tiny: Path, tmp_path: Path) -> None:
+    # --lowvram leaves the parameters on the meta device; the LoRA must be merged into the offloaded
+    # copies the hooks load from, and those restored afterwards.
+    model = load_checkpoint(tiny, PLAIN)
+    layers = ["mid_block.attentions.0.proj_in", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"]
+    g = torch.Generator().manual_seed(11)
+    state = {}
+    for path in layers:
+        weight = layer_table(model)[f"unet.{path}"][0].weight
+        name = "lora_unet_" + path.replace(".", "_")
+        extra = [1] * (weight.ndim - 2)
+        state[f"{name}.lora_down.weight"] = torch.randn(4, weight.shape[1], *extra, generator=g)
+        state[f"{name}.lora_up.weight"] = torch.randn(weight.shape[0], 4, *extra, generator=g)
+        state[f"{name}.alpha"] = torch.tensor(4.0)
+    save_file(state, str(tmp_path / "strong.safetensors"))
+    kw = {"prompt": "a red circle <lora:strong:1>", "lora_dir": tmp_path}
+    plain_lora = _image(tiny, PLAIN, **kw)
+    lowvram = ModelRegistry([tiny.parent], [], replace(PLAIN, offload="lowvram"), HashCache(None))
+    lowvram.load(lowvram.find(tiny.name))
+    low_lora = _generate(lowvram, **kw)
+    assert np.abs(plain_lora - low_lora).max() <= 1
+    assert np.abs(_image(tiny, PLAIN, prompt="a red circle") - plain_lora).max() > 10  # the LoRA does act
+    # ... and is gone afterwards: the offloaded weights were restored.
+    assert np.abs(_generate(lowvram, prompt="a red circle") - _image(tiny, PLAIN, prompt="a red circle")).max() <= 1
+    assert next(lowvram.current().unet.parameters()).device == torch.device("meta")
 
 
 def test_compile_flag_compiles_the_unet_in_place(tiny: Path) -> None:

@@ -237,6 +237,19 @@ def _family_hint(network: LoraNetwork) -> str:
     return f"the file says {base}" if base else "e.g. SD 1.x vs SDXL"
 
 
+def stored_weight(module: torch.nn.Module) -> torch.Tensor:
+    """The tensor that holds `module`'s weight: the parameter itself, or, when the model is offloaded
+    layer by layer (--lowvram: accelerate leaves the parameter on the meta device and loads it from a
+    CPU copy for each forward), that CPU copy."""
+    weight = module.weight
+    if weight.device.type == "meta":
+        weights_map = getattr(getattr(module, "_hf_hook", None), "weights_map", None)
+        if weights_map is None:
+            raise RuntimeError(f"{type(module).__name__} has no weights here (meta device, no offload hook)")
+        return weights_map["weight"]
+    return weight
+
+
 @contextmanager
 def applied(model: SDModel, networks: Sequence[tuple[LoraNetwork, float]]) -> Iterator[None]:
     """Merge `(network, weight)` pairs into the model's weights until the block ends.
@@ -253,7 +266,7 @@ def applied(model: SDModel, networks: Sequence[tuple[LoraNetwork, float]]) -> It
                 if weight == 0:
                     continue
                 for item in bind(network, model, table):
-                    param = item.module.weight
+                    param = stored_weight(item.module)
                     if id(param) not in saved:
                         saved[id(param)] = (param, param.detach().to("cpu", copy=True))
                     delta = item.layer.delta(param.shape).to(param.device)
