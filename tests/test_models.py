@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,24 @@ def test_yaml_beside_checkpoint_wins_over_detection(tmp_path: Path) -> None:
     model = load_checkpoint(path, CPU)
     assert model.arch.prediction_type == "v_prediction"
     assert model.config_reason == "config 768-v-ema.yaml beside the checkpoint"
+
+
+def test_separate_vae_file_replaces_the_vae_of_a_lowvram_model(tmp_path: Path) -> None:
+    # --lowvram keeps meta tensors in the modules; the file must land in the hooks' CPU copy.
+    path = write_tiny_checkpoint(tmp_path, "sd1", seed=1)
+    plain, low = load_checkpoint(path, CPU), load_checkpoint(path, replace(CPU, offload="lowvram"))
+    donor = modules_to_ldm(build_random_model("sd1", seed=2).module_states(), plain.arch)
+    save_file({k.removeprefix("first_stage_model."): v.contiguous() for k, v in donor.items()
+               if k.startswith("first_stage_model.")}, str(tmp_path / "vae.safetensors"))
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = low.vae.decode(z).sample
+        for model in (plain, low):
+            load_vae_file(tmp_path / "vae.safetensors", model)
+        after_plain, after_low = plain.vae.decode(z).sample, low.vae.decode(z).sample
+    assert next(low.vae.parameters()).device == torch.device("meta")
+    torch.testing.assert_close(after_low, after_plain)
+    assert (after_low - before).abs().max() > 1e-3
 
 
 def test_separate_vae_file_replaces_vae(tmp_path: Path) -> None:

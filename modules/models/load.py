@@ -29,7 +29,7 @@ from modules.models.arch import ModelArch, load_ldm_config
 from modules.models.build import TextEncoder, build_text_encoder, build_unet, build_vae
 from modules.models.convert import ldm_to_modules, modules_to_ldm, vae_from_ldm
 from modules.models.detect import beside_yaml, detect_config
-from modules.models.placement import place_model, weights_device
+from modules.models.placement import offloaded_weights, place_model, weights_device
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -193,6 +193,16 @@ def load_vae_file(path: str | Path, model: SDModel) -> None:
     path = Path(path)
     state, _ = read_state_dict(path)
     converted = vae_from_ldm(state, model.arch, source=path.name)
-    param = next(model.vae.parameters())
-    model.vae.load_state_dict({k: v.to(param.device, param.dtype) for k, v in converted.items()}, strict=True)
+    offloaded = offloaded_weights(model.vae)
+    if offloaded is not None:  # --lowvram: the weights live in the offloading hooks' CPU copy
+        expected = set(model.vae.state_dict())
+        if set(converted) != expected:
+            raise CheckpointError(f"{path.name} does not fit this model's VAE "
+                                  f"({len(set(converted) ^ expected)} keys differ)")
+        with torch.no_grad():
+            for key, value in converted.items():
+                offloaded[key].copy_(value.to(offloaded[key].dtype))
+    else:
+        param = next(model.vae.parameters())
+        model.vae.load_state_dict({k: v.to(param.device, param.dtype) for k, v in converted.items()}, strict=True)
     model.vae_path = path

@@ -57,6 +57,17 @@ def place_model(model: SDModel, policy: DevicePolicy) -> SDModel:
     return model
 
 
+def offloaded_weights(module: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The CPU state dict that --lowvram's layer hooks load `module`'s weights from, keyed like
+    `module.state_dict()`; None when `module` is not offloaded layer by layer. Its parameters are meta
+    tensors then, so anything that changes weights (LoRA merges, a separate VAE file) changes these."""
+    for sub in module.modules():
+        weights_map = getattr(getattr(sub, "_hf_hook", None), "weights_map", None)
+        if weights_map is not None:
+            return getattr(weights_map, "dataset", weights_map)
+    return None
+
+
 def weights_device(policy: DevicePolicy) -> torch.device:
     """Where a model's weights are loaded to: the CPU when they are offloaded, else the device."""
     return policy.offload_device if policy.offload != "none" else policy.device
