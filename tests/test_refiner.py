@@ -3,6 +3,8 @@ refiner changes nothing; infotext and errors. Tiny SD1 and SDXL checkpoints."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -43,6 +45,7 @@ def _who_denoises(registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch, para
         return model
 
     monkeypatch.setattr(refiner_module, "load_checkpoint", load_and_mark)
+    registry.drop_secondary()  # a refiner kept from an earlier test would carry no marking hook
     base = registry.load(params.checkpoint)
     handle = base.unet.register_forward_pre_hook(lambda *_: order.append("base"))
     try:
@@ -90,3 +93,22 @@ def test_bad_refiner_is_refused(registry: ModelRegistry, kw: dict, message: str)
 def test_none_means_no_refiner(registry: ModelRegistry) -> None:
     result = generate(_params(refiner_checkpoint="None"), registry)
     assert "Refiner" not in result.infotexts[0]
+
+
+def test_refiner_is_loaded_once_for_a_series_of_requests(registry: ModelRegistry,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    loads: list[str] = []
+    loaded = refiner_module.load_checkpoint
+
+    def counting(path, policy):
+        loads.append(Path(path).stem)
+        return loaded(path, policy)
+
+    monkeypatch.setattr(refiner_module, "load_checkpoint", counting)
+    registry.drop_secondary()
+    first = generate(_params(refiner_checkpoint="tiny-other", refiner_switch_at=0.5), registry).images[0]
+    again = generate(_params(refiner_checkpoint="tiny-other", refiner_switch_at=0.5), registry).images[0]
+    assert loads == ["tiny-other"]
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+    generate(_params(checkpoint="xl", width=64, height=64, refiner_checkpoint="xl-other"), registry)
+    assert loads == ["tiny-other", "xl-other"]  # another refiner replaces the kept one

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from modules.devices import DevicePolicy, free_memory
@@ -38,6 +39,8 @@ class ModelRegistry:
         self.lock = threading.RLock()
         self._current: SDModel | None = None
         self._current_info: CheckpointInfo | None = None
+        # A second model used beside the current one (the refiner), kept for the next request.
+        self._secondary: tuple[CheckpointInfo, SDModel] | None = None
         self.checkpoints: list[CheckpointInfo] = []
         self.vaes: list[CheckpointInfo] = []
         # Files given by path (--ckpt) that lie outside the folders: listed like the others.
@@ -149,6 +152,25 @@ class ModelRegistry:
             if vae not in (None, "Automatic", "None"):
                 load_vae_file(self.find_vae(vae).path, model)
             return model
+
+    def secondary(self, info: CheckpointInfo, loader: Callable[[Path, DevicePolicy], SDModel] = load_checkpoint
+                  ) -> SDModel:
+        """A model used beside the current one (the refiner): loaded on first use and kept, so a series
+        of refined generations loads it once; asking for another one frees it first."""
+        with self.lock:
+            if self._secondary is not None and self._secondary[0] == info:
+                return self._secondary[1]
+            self.drop_secondary()
+            model = loader(info.path, self.policy)
+            log.info("Loaded %s beside %s", info.name, self._current_info.name if self._current_info else "-")
+            self._secondary = (info, model)
+            return model
+
+    def drop_secondary(self) -> None:
+        with self.lock:
+            if self._secondary is not None:
+                self._secondary = None
+                free_memory()
 
     def short_hash(self, info: CheckpointInfo | None = None) -> str:
         info = info or self._current_info

@@ -47,12 +47,12 @@ def check(registry: ModelRegistry, params: GenerationParams) -> None:
 
 
 def load(registry: ModelRegistry, params: GenerationParams, base: SDModel) -> Refiner | None:
-    """The refiner for this request: the loaded model itself when it is the same checkpoint, else a
-    second model held for this request only (the registry keeps the base as its current model)."""
+    """The refiner for this request: the loaded model itself when it is the same checkpoint, else the
+    registry's second model (loaded once, kept for the following requests)."""
     if not wanted(params):
         return None
     info = registry.find(str(params.refiner_checkpoint))
-    model = base if info == registry.current_info else load_checkpoint(info.path, registry.policy)
+    model = base if info == registry.current_info else registry.secondary(info, load_checkpoint)
     if model.arch.is_inpainting != base.arch.is_inpainting:
         raise UserError(f"Refiner {info.name} is {'an' if model.arch.is_inpainting else 'not an'} inpainting "
                         "checkpoint and the base model is not the same kind; pick a refiner of the same kind.")
