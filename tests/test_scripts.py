@@ -88,6 +88,7 @@ def test_xyz_plot_grid_has_the_asked_shape_labels_and_cells(client: TestClient) 
     assert np.abs(arrays[0] - arrays[2]).mean() > 1  # cfg 1 vs 4
     info = json.loads(answer.json()["info"])
     assert "Steps: 1" in info["infotexts"][0] or "Steps: 1," in info["infotexts"][1]
+    assert info["index_of_first_image"] == 1  # the grid comes first
 
 
 def test_xyz_plot_seed_prompt_sr_checkpoint_and_no_legend(client: TestClient) -> None:
@@ -115,8 +116,10 @@ def test_prompt_matrix_makes_every_combination(client: TestClient) -> None:
     assert len(cells) == 4
     left, top = label_margins(["-", "red"], ["-", "at night"])
     assert grid.size == (left + 2 * 64, top + 2 * 64)
-    prompts = [t.split("\n")[0] for t in json.loads(answer.json()["info"])["infotexts"][1:]]
+    info = json.loads(answer.json()["info"])
+    prompts = [t.split("\n")[0] for t in info["infotexts"][1:]]
     assert prompts == ["a cat", "a cat, red", "a cat, at night", "a cat, red, at night"]
+    assert info["index_of_first_image"] == 1
 
 
 def test_sd_upscale_returns_twice_the_size(client: TestClient) -> None:

@@ -376,14 +376,15 @@ class Answer:
 
 def build_answer(req: GenerationRequest, result: GenerationResult) -> Answer:
     """Base64 images and A1111's `info` JSON; with save_images and several pictures the grid comes
-    first (A1111's default "return grid"), and index_of_first_image says so."""
+    first (A1111's default "return grid"), and index_of_first_image says so (also for the grids a
+    script puts first)."""
     params = result.params
     images, infotexts = list(result.images), list(result.infotexts)
-    first = 0
+    first = result.grids
     if req.save_images and not req.do_not_save_grid and len(images) > 1:
         images.insert(0, make_grid(images))
         infotexts.insert(0, infotexts[0])
-        first = 1
+        first += 1
     fields = parse_infotext(result.infotexts[0])[2] if result.infotexts else {}
     values = infotext_to_params(fields)
     subseeds = [infotext_to_params(parse_infotext(t)[2]).get("subseed", params.subseed) for t in result.infotexts]

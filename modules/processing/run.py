@@ -52,6 +52,8 @@ class GenerationResult:
     paths: list[Path] = field(default_factory=list)
     grid_path: Path | None = None
     interrupted: bool = False
+    # How many of `images` are grids placed before the pictures (scripts put theirs first).
+    grids: int = 0
 
 
 @dataclass

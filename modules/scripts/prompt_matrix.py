@@ -82,6 +82,7 @@ class PromptMatrix(Script):
         result.images.insert(0, grid)
         result.infotexts.insert(0, result.infotexts[0])
         result.seeds.insert(0, result.seeds[0])
+        result.grids = 1
         if params.save:
             result.grid_path = save_grid(grid, ctx.outdir / f"{params.mode}-grids", result.infotexts[0])
         return result

@@ -180,11 +180,12 @@ class XYZPlot(Script):
         else:
             grid = grids[0]
         result = GenerationResult(images=[grid], infotexts=[texts[0]], seeds=[seeds[0]], params=params,
-                                  interrupted=bool(last and last.interrupted))
+                                  interrupted=bool(last and last.interrupted), grids=1)
         if args["include_sub_grids"] and len(grids) > 1:
             result.images += grids
             result.infotexts += [texts[0]] * len(grids)
             result.seeds += [seeds[0]] * len(grids)
+            result.grids += len(grids)
         if args["include_lone_images"]:
             result.images += images
             result.infotexts += texts
