@@ -106,6 +106,7 @@ class AppContext:
     def generate(self, params: GenerationParams) -> GenerationResult:
         """The one entry for the UI, the API and the CLI: generation through the processing layer,
         one request at a time on the device (the registry's lock queues the others)."""
+        self.registry.set_vae_tiling(self.policy.vae_tiling or self.options.options.vae_tiling)
         return generate(self.styles.apply_to(params), self.registry, self.outdir, self.control, self.image_hooks,
                         lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,
                         upscalers=self.upscalers, filename_pattern=self.options.options.samples_filename_pattern)

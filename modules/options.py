@@ -27,6 +27,8 @@ class Options:
     samples_filename_pattern: str = "[seed]"
     grid_save: bool = False
     live_previews_enable: bool = True
+    # Decode latents in tiles at every size (less memory; --vae-tiling forces it on).
+    vae_tiling: bool = False
     show_progress_every_n_steps: int = 2
     disabled_extensions: list[str] = field(default_factory=list)
     extension_settings: dict[str, Any] = field(default_factory=dict)

@@ -254,3 +254,29 @@ def test_bf16_stays_close_to_fp32_on_the_default_model() -> None:
         if a.centroid and b.centroid:  # ...but it stays where it was, at about its size
             assert np.hypot(a.centroid[0] - b.centroid[0], a.centroid[1] - b.centroid[1]) < 8
             assert abs(a.area - b.area) < 0.25 * a.area
+
+
+def test_vae_tiling_setting_tiles_every_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers import AutoencoderKL
+
+    from modules.context import AppContext, Paths
+
+    calls = []
+    original = AutoencoderKL.tiled_decode
+
+    def spy(self, z, *args, **kw):
+        calls.append(tuple(z.shape))
+        return original(self, z, *args, **kw)
+
+    monkeypatch.setattr(AutoencoderKL, "tiled_decode", spy)
+    ctx = AppContext.create(Paths.make(data_dir=tmp_path), PLAIN)
+    # 256 px: twice the default model's tile, far below the size that tiles automatically.
+    params = Txt2ImgParams(prompt="a red circle", steps=2, width=256, height=256, seed=1, save=False)
+    ctx.generate(params)
+    assert calls == []
+    ctx.options.update({"vae_tiling": True})
+    ctx.generate(params)
+    assert calls == [(1, 4, 32, 32)] and ctx.registry.current().vae.use_tiling
+    ctx.options.update({"vae_tiling": False})
+    ctx.generate(params)
+    assert len(calls) == 1 and not ctx.registry.current().vae.use_tiling

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from modules.devices import DevicePolicy, free_memory
@@ -152,6 +153,16 @@ class ModelRegistry:
             if vae not in (None, "Automatic", "None"):
                 load_vae_file(self.find_vae(vae).path, model)
             return model
+
+    def set_vae_tiling(self, on: bool) -> None:
+        """Tiled VAE decoding at every size, for the loaded models and the ones loaded later."""
+        with self.lock:
+            if self.policy.vae_tiling == on:
+                return
+            self.policy = replace(self.policy, vae_tiling=on)
+            for model in (self._current, self._secondary[1] if self._secondary else None):
+                if model is not None:
+                    model.vae.enable_tiling() if on else model.vae.disable_tiling()
 
     def secondary(self, info: CheckpointInfo, loader: Callable[[Path, DevicePolicy], SDModel] = load_checkpoint
                   ) -> SDModel:

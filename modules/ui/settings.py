@@ -69,12 +69,15 @@ def build_settings_tab(ctx: AppContext, tabs: Sequence[GenerationTab]) -> None:
                                    elem_id="setting_live_previews_enable")
             every = gr.Slider(1, 32, value=opts.show_progress_every_n_steps, step=1, precision=0,
                               label="Live preview every N steps", elem_id="setting_show_progress_every_n_steps")
+        tiling = gr.Checkbox(value=opts.vae_tiling, elem_id="setting_vae_tiling",
+                             label="Decode images in tiles at every size (less memory; large pictures always "
+                                   "are)")
         apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
         result = gr.HTML("", elem_id="settings_result")
 
     fields = {"default_sampler": sampler, "default_scheduler": schedule, "default_steps": steps,
               "outdir_samples": outdir, "samples_filename_pattern": pattern, "grid_save": grid, "sd_vae": vae,
-              "live_previews_enable": previews, "show_progress_every_n_steps": every}
+              "live_previews_enable": previews, "show_progress_every_n_steps": every, "vae_tiling": tiling}
     tab_fields = [(tab.sampler, "default_sampler") for tab in tabs] + \
                  [(tab.schedule_type, "default_scheduler") for tab in tabs] + [(tab.steps, "default_steps") for tab in tabs]
 
