@@ -1,0 +1,43 @@
+#!/bin/bash
+# Compare training recipes of the embedded default model side by side on one GPU: each recipe trains
+# from the shipped model's autoencoder (stage 1 skipped), stops after TL seconds of stage 3 at the
+# latest, and is judged by scripts/eval_default_model.py; plus a CUDA check of LoRA training
+# (fp16, mixed precision, gradient checkpointing). Logs go to $OUT/<recipe>.log.
+#
+#   OUT=sweep-out bash scripts/sweep_default_model.sh        (DEV=cpu DS=256 TL=3 EVERY=40 for a dry run)
+#
+# Recipes are compared at equal steps, which is what matters for the CPU budget of the real training
+# (about an hour on 2 cores); the GPU only makes the comparison fast. Results: README.
+T0=$(date +%s)
+OUT=${OUT:-sweep-out}; mkdir -p "$OUT"
+if [ -d .whl ]; then  # packages missing on the GPU machine, brought along as wheels
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TQDM_DISABLE=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+V=models/Stable-diffusion/default-shapes.safetensors
+PY=${PY:-python3}; TL=${TL:-270}; DEV=${DEV:-cuda}; DS=${DS:-24000}; EVERY=${EVERY:-2}
+run() {
+  name=$1; shift
+  log=$OUT/$name.log
+  echo "config $name: $*" > $log
+  timeout 400 $PY scripts/train_default_model.py --device $DEV --dataset-size $DS --vae-from $V --out /tmp/sw/$name \
+      --time-limit $TL "$@" 2>&1 | grep -E "unet step (0|[0-9]*000)/|time limit|wrote|Error|error|Traceback|File " >> $log
+  echo "train done at $(( $(date +%s) - T0 )) s" >> $log
+  timeout 150 $PY scripts/eval_default_model.py --ckpt /tmp/sw/$name/default-shapes.safetensors \
+      --seeds 1 --every $EVERY --device $DEV >> $log 2>&1 || { echo "EVAL ON $DEV FAILED, cpu:" >> $log;
+  timeout 100 $PY scripts/eval_default_model.py --ckpt /tmp/sw/$name/default-shapes.safetensors \
+      --seeds 1 --every 6 --device cpu >> $log 2>&1; }
+  echo "eval done at $(( $(date +%s) - T0 )) s" >> $log
+}
+run base --unet-steps 5000 &
+run vpred --unet-steps 5000 --parameterization v &
+run nominsnr --unet-steps 5000 --min-snr-gamma 1000 &
+run lr2e3 --unet-steps 5000 --unet-lr 2e-3 &
+run sd012off15 --unet-steps 5000 --linear-end 0.012 --offset-noise 0.15 &
+run mc64 --unet-steps 2800 --model-channels 64 &
+run vpred_nominsnr --unet-steps 5000 --parameterization v --min-snr-gamma 1000 &
+( timeout 400 $PY scripts/eval_lora.py --device $DEV --steps ${LSTEPS:-500} --seeds 2 --threads 2 > $OUT/lora_cuda.log 2>&1;
+  echo "lora done at $(( $(date +%s) - T0 )) s rc $?" >> $OUT/lora_cuda.log ) &
+wait
+echo "all done at $(( $(date +%s) - T0 )) s"
