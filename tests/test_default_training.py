@@ -1,0 +1,45 @@
+"""The default model's training script at toy size: deterministic from the seed, `--vae-from` gives
+exactly what a full run gives, and a v-prediction result loads as one (tiny settings, seconds)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from modules.models.load import load_checkpoint
+from modules.training.default_model.train import TrainSettings, train_default_model
+from tests.tiny_models import CPU
+
+TOY = TrainSettings(size=64, vae_steps=3, vae_batch=2, vae_crop=32, dataset_size=64, unet_steps=3, unet_batch=4,
+                    warmup=1, threads=1)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_default_model(tmp_path_factory.mktemp("full"), TOY, name="toy")
+
+
+def test_same_seed_same_model_and_vae_from_equals_the_full_run(full_run: Path, tmp_path: Path) -> None:
+    again = train_default_model(tmp_path / "again", TOY, name="toy")
+    reused = train_default_model(tmp_path / "reused", TOY, name="toy", vae_from=full_run)
+    first = load_file(str(full_run))
+    for other in (again, reused):
+        state = load_file(str(other))
+        assert state.keys() == first.keys()
+        assert all(torch.equal(state[k], first[k]) for k in first), other
+    other_seed = load_file(str(train_default_model(tmp_path / "seed", replace(TOY, seed=5), name="toy")))
+    assert not torch.equal(other_seed["model.diffusion_model.out.2.weight"], first["model.diffusion_model.out.2.weight"])
+
+
+def test_v_prediction_is_written_to_the_yaml_and_loads_as_such(full_run: Path, tmp_path: Path) -> None:
+    path = train_default_model(tmp_path, replace(TOY, parameterization="v"), name="toy-v", vae_from=full_run)
+    assert yaml.safe_load(path.with_suffix(".yaml").read_text())["model"]["params"]["parameterization"] == "v"
+    assert load_checkpoint(path, CPU).arch.prediction_type == "v_prediction"
+    assert load_checkpoint(full_run, CPU).arch.prediction_type == "epsilon"
+    with pytest.raises(ValueError, match="parameterization"):
+        train_default_model(tmp_path, replace(TOY, parameterization="x0"), name="bad", vae_from=full_run)
