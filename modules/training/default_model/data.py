@@ -230,9 +230,11 @@ def draw_shape(
     return big
 
 
-def random_placement(rng: np.random.Generator, size: int, shape: str) -> tuple[float, float, float, float]:
-    """A random (cx, cy, radius, angle) that keeps the whole shape inside a `size` picture."""
-    radius = float(rng.uniform(*RADIUS_RANGE)) * size
+def random_placement(rng: np.random.Generator, size: int, shape: str,
+                     radius_range: tuple[float, float] = RADIUS_RANGE) -> tuple[float, float, float, float]:
+    """A random (cx, cy, radius, angle) that keeps the whole shape inside a `size` picture; the radius
+    (of the circumscribed circle) is drawn from `radius_range` times the size."""
+    radius = float(rng.uniform(*radius_range)) * size
     # 1.5 px at least: PIL's polygon fill can reach half a (supersampled) pixel past the outline, and
     # the outermost ring of pixels must stay pure background.
     margin = max(1.5, 0.02 * size)
@@ -279,7 +281,8 @@ def _pick_pair(rng: np.random.Generator, split: str, shapes: Sequence[str]) -> t
 
 
 def make_sample(
-    rng: np.random.Generator, size: int = 128, split: str = "train", shapes: Sequence[str] = SHAPES
+    rng: np.random.Generator, size: int = 128, split: str = "train", shapes: Sequence[str] = SHAPES,
+    radius_range: tuple[float, float] = RADIUS_RANGE,
 ) -> Sample:
     """One random picture and caption; the whole result depends only on the state of `rng`."""
     _check_split_and_shapes(split, shapes)
@@ -294,7 +297,7 @@ def make_sample(
     fg, shape = _pick_pair(rng, split, shapes)
     others = [c for c in COLOURS if c != fg]
     bg = others[int(rng.integers(len(others)))]
-    placement = random_placement(rng, size, shape)
+    placement = random_placement(rng, size, shape, radius_range)
     image = draw_shape(shape, fg, bg, size, *placement)
     return Sample(image, caption_for(fg, shape, bg, form), shape, fg, bg, placement)
 
@@ -314,9 +317,10 @@ def make_batch(
     size: int = 128,
     split: str = "train",
     shapes: Sequence[str] = SHAPES,
+    radius_range: tuple[float, float] = RADIUS_RANGE,
 ) -> tuple[np.ndarray, list[str]]:
     """`n` samples as a uint8 array [n, size, size, 3] and their captions."""
-    samples = [make_sample(rng, size, split, shapes) for _ in range(n)]
+    samples = [make_sample(rng, size, split, shapes, radius_range) for _ in range(n)]
     images = np.stack([np.asarray(s.image, dtype=np.uint8) for s in samples])
     return images, [s.caption for s in samples]
 

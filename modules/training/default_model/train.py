@@ -61,6 +61,9 @@ class TrainSettings:
     parameterization: str = "eps"
     linear_end: float = 0.02
     model_channels: int = 32
+    # Radius of the shapes' circumscribed circle, as a share of the picture side (data.RADIUS_RANGE).
+    radius_min: float = 0.18
+    radius_max: float = 0.35
     threads: int = 0  # 0: torch's default
     # Where the networks train ("cpu", "cuda", "auto"). Every random draw happens on the CPU, so the
     # data, noise and timesteps are the same on any device; only float rounding differs.
@@ -171,7 +174,7 @@ def encode_dataset(vae: torch.nn.Module, s: TrainSettings, rng: np.random.Genera
     least-squares latent → RGB map for previews."""
     latents, captions, pooled_rgb = [], [], []
     for _ in range(0, s.dataset_size, 64):
-        images, caps = make_batch(rng, 64, s.size)
+        images, caps = make_batch(rng, 64, s.size, radius_range=(s.radius_min, s.radius_max))
         x = batch_to_tensor(images)
         z = vae.encode(x.to(next(vae.parameters()).device)).latent_dist.mean
         latents.append(z.float().cpu())
