@@ -15,7 +15,7 @@ made, but the very same hooks run, which is what the tests exercise.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import cpu_offload, cpu_offload_with_hook
@@ -62,10 +62,27 @@ def offloaded_weights(module: torch.nn.Module) -> dict[str, torch.Tensor] | None
     `module.state_dict()`; None when `module` is not offloaded layer by layer. Its parameters are meta
     tensors then, so anything that changes weights (LoRA merges, a separate VAE file) changes these."""
     for sub in module.modules():
-        weights_map = getattr(getattr(sub, "_hf_hook", None), "weights_map", None)
+        weights_map = _hook_weights(sub)
         if weights_map is not None:
             return getattr(weights_map, "dataset", weights_map)
     return None
+
+
+def stored_weight(module: torch.nn.Module) -> torch.Tensor:
+    """The tensor that holds `module`'s weight: the parameter itself, or, under --lowvram (the parameter
+    is a meta tensor), the CPU copy its offloading hook loads for each forward."""
+    weight = module.weight
+    if weight.device.type != "meta":
+        return weight
+    weights_map = _hook_weights(module)
+    if weights_map is None:
+        raise RuntimeError(f"{type(module).__name__} has no weights here (meta device, no offload hook)")
+    return weights_map["weight"]
+
+
+def _hook_weights(module: torch.nn.Module) -> Any:
+    """The weights map of accelerate's offloading hook on `module` itself (None without one)."""
+    return getattr(getattr(module, "_hf_hook", None), "weights_map", None)
 
 
 def weights_device(policy: DevicePolicy) -> torch.device:

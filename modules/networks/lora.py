@@ -28,6 +28,7 @@ import torch
 from modules.errors import UserError
 from modules.models.convert import UNET_PREFIX, key_rules
 from modules.models.load import SDModel
+from modules.models.placement import stored_weight
 from modules.networks.files import NetworkFile, lora_hash, read_tensors
 
 log = logging.getLogger(__name__)
@@ -235,19 +236,6 @@ def _check_shape(layer: LoraLayer, shape: torch.Size) -> None:
 def _family_hint(network: LoraNetwork) -> str:
     base = network.metadata.get("ss_base_model_version") or network.metadata.get("modelspec.architecture")
     return f"the file says {base}" if base else "e.g. SD 1.x vs SDXL"
-
-
-def stored_weight(module: torch.nn.Module) -> torch.Tensor:
-    """The tensor that holds `module`'s weight: the parameter itself, or, when the model is offloaded
-    layer by layer (--lowvram: accelerate leaves the parameter on the meta device and loads it from a
-    CPU copy for each forward), that CPU copy."""
-    weight = module.weight
-    if weight.device.type == "meta":
-        weights_map = getattr(getattr(module, "_hf_hook", None), "weights_map", None)
-        if weights_map is None:
-            raise RuntimeError(f"{type(module).__name__} has no weights here (meta device, no offload hook)")
-        return weights_map["weight"]
-    return weight
 
 
 @contextmanager
