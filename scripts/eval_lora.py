@@ -28,7 +28,6 @@ from modules.models.load import load_checkpoint  # noqa: E402
 from modules.models.registry import DEFAULT_MODEL_STEM, ModelRegistry  # noqa: E402
 from modules.training.default_model.lora_check import (  # noqa: E402
     EVAL_PAIRS,
-    FOLLOWED_PAIRS,
     judge_prompts,
     rates,
     write_shape_folder,
@@ -87,9 +86,6 @@ def main() -> None:
     }
     print(f"\nmodel {args.model.name}; {args.pictures} pictures of a {args.shape}; {result.steps} steps, batch "
           f"{args.batch_size}, rank {args.rank}, lr {args.lr}: trained in {train_seconds:.0f}s, final loss {result.loss:.4f}")
-    followed = set(FOLLOWED_PAIRS)
-    runs |= {f"{label} (followed pairs)": [j for j in judged if (j.fg, j.bg) in followed]
-             for label, judged in list(runs.items())}
     for label, judged in runs.items():
         shape_rate, colour_rate, all_rate = rates(judged)
         seen: dict[str | None, int] = {}

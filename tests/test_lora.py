@@ -486,11 +486,11 @@ def test_settings_are_checked() -> None:
 SHIPPED = REPO / "models" / "Stable-diffusion" / f"{DEFAULT_MODEL_STEM}.safetensors"
 DEFAULT_MODEL = Path(os.environ.get("DEFAULT_MODEL_PATH", SHIPPED))
 # A heart: the default model never saw one (the word's embedding is all zeros in its text encoder).
-# Asked for in shape colours the model follows (lora_check.FOLLOWED_PAIRS); scripts/eval_lora.py runs the
-# same check on more prompts and seeds and prints the figures.
+# Asked for in the colour pairs of lora_check.EVAL_PAIRS; scripts/eval_lora.py runs the same check and
+# prints the figures (1000 steps: 79% hearts, 67% in the asked colours; 1500 steps: 83% / 71%).
 NEW_SHAPE = "heart"
 NEW_SHAPE_SEEDS = (100, 101, 102)
-NEW_SHAPE_SETTINGS = {"rank": 16, "alpha": 16.0, "learning_rate": 2e-3, "steps": 500, "batch_size": 8,
+NEW_SHAPE_SETTINGS = {"rank": 16, "alpha": 16.0, "learning_rate": 2e-3, "steps": 1000, "batch_size": 8,
                       "lr_schedule": "cosine", "min_snr_gamma": 5.0}
 EXACT_PROMPTS = ("a red heart on a blue background", "a yellow circle on a black background")
 
@@ -504,13 +504,13 @@ def _default_picture(registry: ModelRegistry, prompt: str, lora_dir: Path | None
 def taught(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The default model, what it draws before any LoRA, and a LoRA teaching it the new shape (trained once)."""
     from modules.models.load import load_checkpoint
-    from modules.training.default_model.lora_check import FOLLOWED_PAIRS, judge_prompts, write_shape_folder
+    from modules.training.default_model.lora_check import EVAL_PAIRS, judge_prompts, write_shape_folder
 
     assert DEFAULT_MODEL.is_file(), f"the embedded default model {DEFAULT_MODEL} is missing"
     root = tmp_path_factory.mktemp("taught")
     registry = ModelRegistry([DEFAULT_MODEL.parent], [], CPU, HashCache(None))
     registry.load(registry.find(DEFAULT_MODEL.name))
-    base = judge_prompts(registry, NEW_SHAPE, FOLLOWED_PAIRS, NEW_SHAPE_SEEDS)
+    base = judge_prompts(registry, NEW_SHAPE, EVAL_PAIRS, NEW_SHAPE_SEEDS)
     before = {prompt: _default_picture(registry, prompt) for prompt in EXACT_PROMPTS}
     write_shape_folder(root / "data", NEW_SHAPE, count=32)
     settings = LoraTrainSettings(data_dir=root / "data", name=NEW_SHAPE, seed=0, **NEW_SHAPE_SETTINGS)
@@ -523,9 +523,9 @@ def taught(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def judged_new_shape(taught: dict) -> tuple[tuple[float, float, float], tuple[float, float, float], list]:
-    from modules.training.default_model.lora_check import FOLLOWED_PAIRS, judge_prompts, rates
+    from modules.training.default_model.lora_check import EVAL_PAIRS, judge_prompts, rates
 
-    judged = judge_prompts(taught["registry"], NEW_SHAPE, FOLLOWED_PAIRS, NEW_SHAPE_SEEDS, taught["lora_dir"],
+    judged = judge_prompts(taught["registry"], NEW_SHAPE, EVAL_PAIRS, NEW_SHAPE_SEEDS, taught["lora_dir"],
                            f"<lora:{NEW_SHAPE}:1>")
     base, taught_rates = rates(taught["base"]), rates(judged)
     print(f"{NEW_SHAPE}s without the LoRA: {base[0]:.0%} ({base[1]:.0%} in the asked colour); with it: "
@@ -536,15 +536,15 @@ def judged_new_shape(taught: dict) -> tuple[tuple[float, float, float], tuple[fl
 
 def test_lora_teaches_the_default_model_a_new_shape(judged_new_shape) -> None:
     (base_shape, base_colour, _), (shape, colour, background), judged = judged_new_shape
-    # The retrained default model draws rounded blobs that the judge sometimes reads as hearts
-    # (about 45% without any LoRA), so the LoRA is asked to beat that clearly, in the asked colours.
+    # Without the LoRA the judge reads a heart in a few percent of the pictures (rounded squares), so
+    # the LoRA is asked to beat that clearly, in the asked colours.
     assert colour >= 0.5, [j.verdict.caption for j in judged]
     assert shape - base_shape >= 0.1 and colour - base_colour >= 0.1, [j.verdict.caption for j in judged]
     assert background >= 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7's target (>= 80% hearts) was met by the previous default model (87%); "
-                                       "the retrained one draws blobs and reaches ~60%")
+@pytest.mark.xfail(strict=True, reason="issue 7's target is >= 80% hearts in the asked colours; "
+                                       "on the current default model 1000 steps reach ~67%")
 def test_lora_new_shape_reaches_the_issue_target(judged_new_shape) -> None:
     _, (_, colour, _), judged = judged_new_shape
     assert colour >= 0.8, [j.verdict.caption for j in judged]

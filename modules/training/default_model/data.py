@@ -51,6 +51,9 @@ SPLITS: tuple[str, ...] = ("train", "held_out", "all")
 
 # Circumradius as a fraction of the image side: large enough to read at 64 px, small enough to move.
 RADIUS_RANGE: tuple[float, float] = (0.18, 0.35)
+# The shipped default model trains on larger shapes (more of each spans its 16×16 latent); what is
+# drawn to teach it something new (lora_check) uses the same range.
+DEFAULT_MODEL_RADIUS_RANGE: tuple[float, float] = (0.26, 0.44)
 
 # Angle after which a shape looks the same again (0: rotation is meaningless). The judge searches
 # one period; the generator draws a uniform angle in it.

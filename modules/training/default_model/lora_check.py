@@ -18,7 +18,14 @@ import numpy as np
 from modules.models.registry import ModelRegistry
 from modules.processing.params import Txt2ImgParams
 from modules.processing.run import generate
-from modules.training.default_model.data import COLOURS, SHAPES, caption_for, draw_shape, random_placement
+from modules.training.default_model.data import (
+    COLOURS,
+    DEFAULT_MODEL_RADIUS_RANGE,
+    SHAPES,
+    caption_for,
+    draw_shape,
+    random_placement,
+)
 from modules.training.default_model.judge import Verdict, judge
 
 # (shape colour, background) pairs the check asks for: some in the training folder, some not.
@@ -26,17 +33,13 @@ EVAL_PAIRS: tuple[tuple[str, str], ...] = (
     ("red", "blue"), ("yellow", "black"), ("green", "white"), ("purple", "yellow"), ("white", "red"),
     ("blue", "orange"), ("orange", "green"), ("black", "white"),
 )
-# The pairs whose shape colour the shipped default model itself follows: it does not yet follow
-# background colours, and it mixes purple (its favourite background) and green-on-white up, with or
-# without a LoRA. A LoRA that teaches a shape cannot fix that, so the shape check uses these.
-FOLLOWED_PAIRS: tuple[tuple[str, str], ...] = (
-    ("red", "blue"), ("yellow", "black"), ("white", "red"), ("blue", "orange"), ("orange", "green"),
-)
 
 
-def write_shape_folder(folder: Path, shape: str, count: int = 32, size: int = 128, seed: int = 0) -> list[str]:
+def write_shape_folder(folder: Path, shape: str, count: int = 32, size: int = 128, seed: int = 0,
+                       radius_range: tuple[float, float] = DEFAULT_MODEL_RADIUS_RANGE) -> list[str]:
     """`count` pictures of `shape` in random colours and places, with captions "a red heart on a blue
-    background" in same-named .txt files; returns the captions."""
+    background" in same-named .txt files; returns the captions. The shapes' size range defaults to the
+    one the default model learnt: a LoRA then teaches the new shape, not also a new size."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     captions = []
@@ -44,7 +47,7 @@ def write_shape_folder(folder: Path, shape: str, count: int = 32, size: int = 12
         fg = COLOURS[int(rng.integers(len(COLOURS)))]
         others = [c for c in COLOURS if c != fg]
         bg = others[int(rng.integers(len(others)))]
-        image = draw_shape(shape, fg, bg, size, *random_placement(rng, size, shape))
+        image = draw_shape(shape, fg, bg, size, *random_placement(rng, size, shape, radius_range))
         caption = caption_for(fg, shape, bg)
         image.save(folder / f"{shape}-{i:03d}.png")
         (folder / f"{shape}-{i:03d}.txt").write_text(caption, encoding="utf-8")

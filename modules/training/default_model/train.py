@@ -31,7 +31,7 @@ from modules.models.build import build_text_encoder, build_unet, build_vae
 from modules.models.load import SDModel, save_checkpoint
 from modules.text.conditioning import CHUNK_IDS
 from modules.text.tokenizer import BOS_ID, EOS_ID, get_tokenizer
-from modules.training.default_model.data import batch_to_tensor, make_batch
+from modules.training.default_model.data import DEFAULT_MODEL_RADIUS_RANGE, batch_to_tensor, make_batch
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,11 @@ class TrainSettings:
     # Attention heads per transformer block. Few wide heads run faster on the CPU than many narrow
     # ones (the CPU attention kernel is slow for 8-wide heads) and the key layout is the same.
     num_heads: int = 4
-    # Radius of the shapes' circumscribed circle, as a share of the picture side.
-    # Larger than data.RADIUS_RANGE: a shape spans more of the 16×16 latent, so its corners and
-    # points are more than a latent pixel's detail.
-    radius_min: float = 0.26
-    radius_max: float = 0.44
+    # Radius of the shapes' circumscribed circle, as a share of the picture side. Larger than
+    # data.RADIUS_RANGE: a shape spans more of the 16×16 latent, so its corners and points are more
+    # than a latent pixel's detail.
+    radius_min: float = DEFAULT_MODEL_RADIUS_RANGE[0]
+    radius_max: float = DEFAULT_MODEL_RADIUS_RANGE[1]
     threads: int = 0  # 0: torch's default
     # Where the networks train ("cpu", "cuda", "auto"). Every random draw happens on the CPU, so the
     # data, noise and timesteps are the same on any device; only float rounding differs.
