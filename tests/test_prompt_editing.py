@@ -162,7 +162,7 @@ def test_default_model_switching_colour_late_gives_a_third_colour() -> None:
 
     assert colours("a red circle on a white background") == ["red"] * 3
     assert colours("a blue circle on a white background") == ["blue"] * 3
-    # The default model settles the shape's colour late in sampling: red for the first 70% of the
-    # steps, then blue, leaves a colour that is neither (the judge names it, e.g. green or black).
-    mixed = colours("a [red:blue:0.7] circle on a white background")
+    # The default model settles the shape's colour midway through sampling: red for the first half of
+    # the steps, then blue, leaves a colour that is neither (the judge names it, e.g. black).
+    mixed = colours("a [red:blue:0.5] circle on a white background")
     assert all(c not in ("red", "blue") for c in mixed), mixed
