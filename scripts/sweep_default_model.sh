@@ -4,14 +4,15 @@
 # latest, and is judged by scripts/eval_default_model.py; plus a CUDA check of LoRA training
 # (fp16, mixed precision, gradient checkpointing). Logs go to $OUT/<recipe>.log.
 #
-#   OUT=sweep-out bash scripts/sweep_default_model.sh [RECIPES]   (DEV=cpu DS=256 TL=3 EVERY=40: dry run)
+#   OUT=sweep-out bash scripts/sweep_default_model.sh RECIPES   (DEV=cpu DS=256 TL=3 EVERY=40: dry run)
 #
 # RECIPES: a file with one recipe per line, "name --flag value ...", the flags of
-# scripts/train_default_model.py; without it, the recipes of the first sweep below. LORA=1 adds the
-# CUDA check of LoRA training.
+# scripts/train_default_model.py on top of its defaults (e.g. scripts/sweeps/width_and_size.txt);
+# lines starting with # are skipped. LORA=1 adds the CUDA check of LoRA training.
 #
 # Recipes are compared at equal steps, which is what matters for the CPU budget of the real training
 # (about an hour on 2 cores); the GPU only makes the comparison fast. Results: README.
+[ -f "$1" ] || { echo "usage: $0 RECIPES (a file, e.g. scripts/sweeps/width_and_size.txt)" >&2; exit 2; }
 T0=$(date +%s)
 OUT=${OUT:-sweep-out}; mkdir -p "$OUT"
 if [ -d .whl ]; then  # packages missing on the GPU machine, brought along as wheels
@@ -34,19 +35,9 @@ run() {
       --seeds 1 --every 6 --device cpu >> $log 2>&1; }
   echo "eval done at $(( $(date +%s) - T0 )) s" >> $log
 }
-if [ -n "$1" ]; then
-  while read -r name flags; do
-    [ -n "$name" ] && [ "${name#\#}" = "$name" ] && run "$name" $flags &
-  done < "$1"
-else
-  run base --unet-steps 5000 &
-  run vpred --unet-steps 5000 --parameterization v &
-  run nominsnr --unet-steps 5000 --min-snr-gamma 1000 &
-  run lr2e3 --unet-steps 5000 --unet-lr 2e-3 &
-  run sd012off15 --unet-steps 5000 --linear-end 0.012 --offset-noise 0.15 &
-  run mc64 --unet-steps 2800 --model-channels 64 &
-  run vpred_nominsnr --unet-steps 5000 --parameterization v --min-snr-gamma 1000 &
-fi
+while read -r name flags; do
+  [ -n "$name" ] && [ "${name#\#}" = "$name" ] && run "$name" $flags &
+done < "$1"
 if [ -n "$LORA" ]; then
   ( timeout 400 $PY scripts/eval_lora.py --device $DEV --steps ${LSTEPS:-500} --seeds 2 --threads 2 > $OUT/lora_cuda.log 2>&1;
     echo "lora done at $(( $(date +%s) - T0 )) s rc $?" >> $OUT/lora_cuda.log ) &

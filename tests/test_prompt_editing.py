@@ -150,7 +150,7 @@ def test_default_model_edited_prompt_differs_from_both(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the embedded default model is missing")
-def test_default_model_switching_colour_late_gives_a_third_colour() -> None:
+def test_default_model_switching_colour_midway_gives_a_third_colour() -> None:
     from modules.training.default_model.judge import judge
 
     registry = ModelRegistry([DEFAULT_MODEL.parent], [], CPU, HashCache(None))

@@ -80,11 +80,11 @@ class TrainSettings:
     time_limit: float = 0.0
 
 
-def default_model_config(size: int = 128, model_channels: int = 32, linear_end: float = 0.02,
-                         parameterization: str = "eps", num_heads: int = 4) -> dict[str, Any]:
+def default_model_config(s: TrainSettings) -> dict[str, Any]:
     """The model's YAML in the original LDM format, with its small widths stated explicitly."""
-    if parameterization not in ("eps", "v"):
-        raise ValueError(f"parameterization must be 'eps' or 'v', got {parameterization!r}")
+    if s.parameterization not in ("eps", "v"):
+        raise ValueError(f"parameterization must be 'eps' or 'v', got {s.parameterization!r}")
+    size = s.size
     config = {
         "model": {
             "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
@@ -94,16 +94,16 @@ def default_model_config(size: int = 128, model_channels: int = 32, linear_end: 
                 # background colour of the training picture and samples keep whatever background
                 # their seed's noise suggests. 0.02 lowers the terminal signal-to-noise ratio ~20×,
                 # about the shift the 16× fewer latent pixels call for.
-                "linear_start": 0.00085, "linear_end": linear_end, "timesteps": 1000,
+                "linear_start": 0.00085, "linear_end": s.linear_end, "timesteps": 1000,
                 "first_stage_key": "jpg", "cond_stage_key": "txt", "image_size": size // 8, "channels": 4,
                 "conditioning_key": "crossattn", "scale_factor": 1.0, "use_ema": False,
                 "unet_config": {
                     "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
                     "params": {
                         "image_size": size // 8, "in_channels": 4, "out_channels": 4,
-                        "model_channels": model_channels,
+                        "model_channels": s.model_channels,
                         "attention_resolutions": [4, 2, 1], "num_res_blocks": 2, "channel_mult": [1, 2, 2, 2],
-                        "num_heads": num_heads, "use_spatial_transformer": True, "transformer_depth": 1,
+                        "num_heads": s.num_heads, "use_spatial_transformer": True, "transformer_depth": 1,
                         "context_dim": 64, "legacy": False,
                     },
                 },
@@ -126,7 +126,7 @@ def default_model_config(size: int = 128, model_channels: int = 32, linear_end: 
             },
         }
     }
-    if parameterization == "v":
+    if s.parameterization == "v":
         config["model"]["params"]["parameterization"] = "v"
     return config
 
@@ -284,7 +284,7 @@ def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-sh
                           "cpu" if s.device == "auto" else s.device)
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
-    config = default_model_config(s.size, s.model_channels, s.linear_end, s.parameterization, s.num_heads)
+    config = default_model_config(s)
     arch = parse_ldm_config(config)
     vae, unet = build_vae(arch), build_unet(arch)
     text_encoder = build_text_encoder(arch.text_encoders[0])
