@@ -536,18 +536,11 @@ def judged_new_shape(taught: dict) -> tuple[tuple[float, float, float], tuple[fl
 
 def test_lora_teaches_the_default_model_a_new_shape(judged_new_shape) -> None:
     (base_shape, base_colour, _), (shape, colour, background), judged = judged_new_shape
-    # Without the LoRA the judge reads a heart in a few percent of the pictures (rounded squares), so
-    # the LoRA is asked to beat that clearly, in the asked colours.
-    assert colour >= 0.5, [j.verdict.caption for j in judged]
-    assert shape - base_shape >= 0.1 and colour - base_colour >= 0.1, [j.verdict.caption for j in judged]
-    assert background >= 0.5
-
-
-@pytest.mark.xfail(strict=True, reason="issue 7's target is >= 80% hearts in the asked colours; "
-                                       "on the current default model 1000 steps reach ~67%")
-def test_lora_new_shape_reaches_the_issue_target(judged_new_shape) -> None:
-    _, (_, colour, _), judged = judged_new_shape
+    # Issue 7's target: the judge finds the new shape, in the asked colour, in >= 80% of the
+    # fixed-seed pictures; without the LoRA the model draws (almost) none.
     assert colour >= 0.8, [j.verdict.caption for j in judged]
+    assert shape - base_shape >= 0.5 and colour - base_colour >= 0.5, [j.verdict.caption for j in judged]
+    assert background >= 0.6
 
 
 def test_default_model_without_the_tag_or_at_weight_0_is_exactly_the_base(taught: dict) -> None:

@@ -14,6 +14,7 @@ user drops into models/Stable-diffusion, and loaded by the same code.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import time
@@ -352,6 +353,12 @@ def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-sh
     arch = parse_ldm_config(config)
     log.info("latent scale factor %.4f", scale)
 
+    lineage = {}
+    for key, source in (("training.continued_from", init_from), ("training.vae_from", vae_from)):
+        if source is not None:
+            # Name and hash of the file it grew from: with it in git history, the result is reproducible.
+            lineage[key] = f"{source.name} sha256:{hashlib.sha256(source.read_bytes()).hexdigest()}"
+
     def write(unet_: torch.nn.Module, text_: torch.nn.Module, path: Path) -> Path:
         model = SDModel(arch=arch, unet=unet_, vae=vae, text_encoders=[text_])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -362,7 +369,7 @@ def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-sh
         return save_checkpoint(model, path, dtype=torch.float16,
                                metadata={"modelspec.title": name, "training.seed": str(s.seed),
                                          "modelspec.prediction_type": "v" if s.parameterization == "v" else "epsilon",
-                                         "training.settings": repr(s)})
+                                         "training.settings": repr(s), **lineage})
 
     def snapshot(unet_: torch.nn.Module, text_: torch.nn.Module, step: int) -> None:
         if work_dir:
