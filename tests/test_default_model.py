@@ -107,12 +107,18 @@ def test_inpaint_puts_a_yellow_star_in_the_masked_area_only(registry: ModelRegis
     source = Image.new("RGB", (128, 128), COLOUR_RGB["blue"])
     mask = Image.new("L", (128, 128), 0)
     mask.paste(255, (24, 24, 104, 104))
-    image = _run(registry, InpaintParams, init_image=source, mask=mask, prompt="a yellow star on a blue background",
-                 denoising_strength=1.0, masked_content="original", mask_blur=4, seed=3)
-    out, hard = np.asarray(image), np.asarray(mask) > 0
-    assert np.array_equal(out[~hard], np.asarray(source)[~hard])
-    verdict = judge(image)
-    assert (verdict.foreground, verdict.shape, verdict.background) == ("yellow", "star", "blue")
+    verdicts = []
+    for seed in (1, 2, 3, 4):
+        image = _run(registry, InpaintParams, init_image=source, mask=mask,
+                     prompt="a yellow star on a blue background", denoising_strength=1.0,
+                     masked_content="original", mask_blur=4, seed=seed)
+        out, hard = np.asarray(image), np.asarray(mask) > 0
+        assert np.array_equal(out[~hard], np.asarray(source)[~hard]), seed
+        verdicts.append(judge(image))
+    assert all((v.foreground, v.background) == ("yellow", "blue") for v in verdicts), [v.caption for v in verdicts]
+    # Stars are the model's hardest shape (88% in the evaluator): one blunt star read as a circle is
+    # allowed, not more.
+    assert sum(v.shape == "star" for v in verdicts) >= 3, [v.caption for v in verdicts]
 
 
 def test_outpaint_extends_the_background(registry: ModelRegistry) -> None:

@@ -1,5 +1,5 @@
 """The default model's training script at toy size: deterministic from the seed, `--vae-from` gives
-exactly what a full run gives, and a v-prediction result loads as one, timestep draws (tiny settings, seconds)."""
+exactly what a full run gives, and a v-prediction result loads as one, timestep draws, mixed precision (tiny settings, seconds)."""
 
 from __future__ import annotations
 
@@ -60,3 +60,17 @@ def test_logit_normal_timesteps_favour_the_middle_and_a_bad_choice_is_refused(tm
     assert draws["logit-normal"] > 0.68  # sigmoid(N(0, 1)) puts ~73% of its mass in (0.25, 0.75)
     with pytest.raises(ValueError, match="timestep_sampling"):
         train_default_model(tmp_path, replace(TOY, timestep_sampling="cosine"), name="bad")
+
+
+def test_fp32_training_differs_from_the_default_bf16_and_loads_the_same_way(full_run: Path, tmp_path: Path) -> None:
+    assert TOY.precision == "bf16"
+    fp32 = train_default_model(tmp_path, replace(TOY, precision="fp32"), name="toy-fp32", vae_from=full_run)
+    a, b = load_file(str(full_run)), load_file(str(fp32))
+    assert a.keys() == b.keys()
+    # Same autoencoder (stage 1 runs in fp32 either way), a different UNet (stage 3 ran in bf16 or not).
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("first_stage_model."))
+    assert not torch.equal(a["model.diffusion_model.out.2.weight"], b["model.diffusion_model.out.2.weight"])
+    model = load_checkpoint(fp32, CPU)
+    assert set(model.unet.config.attention_head_dim) == {1}  # one 64-wide head per block (heads per level)
+    with pytest.raises(ValueError, match="precision"):
+        train_default_model(tmp_path, replace(TOY, precision="fp16"), name="bad")

@@ -162,8 +162,13 @@ def test_default_model_switching_colour_midway_gives_a_third_colour() -> None:
 
     assert colours("a red circle on a white background") == ["red"] * 3
     assert colours("a blue circle on a white background") == ["blue"] * 3
-    # The default model settles the shape's colour early in sampling: red for the first 35% of the
-    # steps, then blue, leaves a colour that is neither (the judge names it, e.g. black). Switched at
-    # 0.2 it is blue, at 0.5 already red.
-    mixed = colours("a [red:blue:0.35] circle on a white background")
-    assert all(c not in ("red", "blue") for c in mixed), mixed
+    # The default model settles the shape's colour during the first half of sampling: switched from
+    # red to blue early, the circle is blue; switched late, red; switched near the point where the
+    # colour settles (which moves a little from seed to seed, ~0.4-0.45 for this model), it is a
+    # colour that is neither (the judge names it, e.g. black).
+    assert colours("a [red:blue:0.2] circle on a white background") == ["blue"] * 3
+    assert colours("a [red:blue:0.6] circle on a white background") == ["red"] * 3
+    midway = [colours(f"a [red:blue:{when}] circle on a white background") for when in (0.4, 0.45)]
+    for seed_index in range(3):
+        seen = [m[seed_index] for m in midway]
+        assert any(c not in ("red", "blue") for c in seen), midway
