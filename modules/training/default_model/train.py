@@ -220,9 +220,9 @@ def encode_dataset(vae: torch.nn.Module, s: TrainSettings, rng: np.random.Genera
     for _ in range(0, s.dataset_size, 64):
         images, caps = make_batch(rng, 64, s.size, radius_range=(s.radius_min, s.radius_max))
         x = batch_to_tensor(images)
-        x = x.to(next(vae.parameters()).device)
-        with autocast(s, x.device):  # bf16 halves the encoding time; the latents move ~0.1%
-            z = vae.encode(x).latent_dist.mean
+        device = next(vae.parameters()).device
+        with autocast(s, device):  # bf16 halves the encoding time; the latents move ~0.1%
+            z = vae.encode(x.to(device)).latent_dist.mean
         latents.append(z.float().cpu())
         captions += caps
         pooled_rgb.append(F.avg_pool2d(x, 8))
