@@ -8,7 +8,9 @@
 #
 # RECIPES: a file with one recipe per line, "name --flag value ...", the flags of
 # scripts/train_default_model.py on top of its defaults (e.g. scripts/sweeps/width_and_size.txt);
-# lines starting with # are skipped. LORA=1 adds the CUDA check of LoRA training.
+# lines starting with # are skipped. LORA=1 adds the CUDA check of LoRA training. Each result is
+# judged with SEEDS seeds per prompt (every EVERY-th held-in combination, all held-out ones) for
+# each sampler of SAMPLERS (comma-separated).
 #
 # Recipes are compared at equal steps, which is what matters for the CPU budget of the real training
 # (about an hour on 2 cores); the GPU only makes the comparison fast. Results: README.
@@ -21,7 +23,8 @@ fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TQDM_DISABLE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 V=models/Stable-diffusion/default-shapes.safetensors
-PY=${PY:-python3}; TL=${TL:-270}; DEV=${DEV:-cuda}; DS=${DS:-24000}; EVERY=${EVERY:-2}
+PY=${PY:-python3}; TL=${TL:-270}; DEV=${DEV:-cuda}; DS=${DS:-24000}; EVERY=${EVERY:-2}; SEEDS=${SEEDS:-1}
+IFS=',' read -r -a SAMPLERS <<< "${SAMPLERS:-Euler a}"  # e.g. SAMPLERS="Euler a,DPM++ 2M Karras"
 run() {
   name=$1; shift
   log=$OUT/$name.log
@@ -29,10 +32,12 @@ run() {
   timeout ${TT:-400} $PY scripts/train_default_model.py --device $DEV --dataset-size $DS --vae-from $V --out /tmp/sw/$name \
       --time-limit $TL "$@" 2>&1 | grep -E "unet step (0|[0-9]*000)/|time limit|wrote|Error|error|Traceback|File " >> $log
   echo "train done at $(( $(date +%s) - T0 )) s" >> $log
-  timeout 150 $PY scripts/eval_default_model.py --ckpt /tmp/sw/$name/default-shapes.safetensors \
-      --seeds 1 --every $EVERY --device $DEV >> $log 2>&1 || { echo "EVAL ON $DEV FAILED, cpu:" >> $log;
-  timeout 100 $PY scripts/eval_default_model.py --ckpt /tmp/sw/$name/default-shapes.safetensors \
-      --seeds 1 --every 6 --device cpu >> $log 2>&1; }
+  # Straight to a file of its own (no pipe): what a killed evaluation printed so far is kept.
+  for i in "${!SAMPLERS[@]}"; do
+    timeout ${ET:-150} $PY scripts/eval_default_model.py --ckpt /tmp/sw/$name/default-shapes.safetensors \
+        --seeds $SEEDS --every $EVERY --device $DEV --sampler "${SAMPLERS[$i]}" > $OUT/$name.eval$i.txt 2>&1
+    grep -E "^## |^shape colour" $OUT/$name.eval$i.txt >> $log
+  done
   echo "eval done at $(( $(date +%s) - T0 )) s" >> $log
 }
 while read -r name flags; do

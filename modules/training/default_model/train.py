@@ -13,6 +13,7 @@ user drops into models/Stable-diffusion, and loaded by the same code.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from modules.models.arch import parse_ldm_config
 from modules.models.build import build_text_encoder, build_unet, build_vae
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
 PRECISIONS = ("bf16", "fp32")
+AUGMENTS = ("none", "dihedral")
+CPU_ATTENTIONS = ("flash", "math")
 
 
 def autocast(s: TrainSettings, device: torch.device) -> torch.autocast:
@@ -94,6 +98,16 @@ class TrainSettings:
     # loss in fp32 (mixed precision). CPUs with AVX-512 BF16 or AMX run them several times faster
     # than fp32; elsewhere "fp32" may be faster. The two give different (each deterministic) models.
     precision: str = "bf16"
+    # "dihedral": each latent of a stage-3 batch is turned by a random multiple of 90° and mirrored at
+    # random (the 8 symmetries of the square). Captions say nothing about orientation, and the
+    # autoencoder decodes a turned latent as well as the turned picture's own (it learned every
+    # angle), so one encoded data set serves as eight.
+    augment: str = "none"
+    # Stage 3's attention kernel on the CPU: torch's default ("flash") or the plain one ("math"), which
+    # runs this model's single 64-wide heads ~8% faster per step (a full run: 1.93 s per step of 128
+    # pictures against 2.1). Off by default because the kernels round differently: "flash" keeps the
+    # script's defaults giving exactly the shipped file.
+    cpu_attention: str = "flash"
     # Where the networks train ("cpu", "cuda", "auto"). Every random draw happens on the CPU, so the
     # data, noise and timesteps are the same on any device; only float rounding differs.
     device: str = "cpu"
@@ -109,6 +123,10 @@ def default_model_config(s: TrainSettings) -> dict[str, Any]:
         raise ValueError(f"timestep_sampling must be one of {list(TIMESTEP_SAMPLINGS)}, got {s.timestep_sampling!r}")
     if s.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {s.precision!r}")
+    if s.cpu_attention not in CPU_ATTENTIONS:
+        raise ValueError(f"cpu_attention must be one of {list(CPU_ATTENTIONS)}, got {s.cpu_attention!r}")
+    if s.augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {list(AUGMENTS)}, got {s.augment!r}")
     size = s.size
     config = {
         "model": {
@@ -174,6 +192,16 @@ def draw_timesteps(s: TrainSettings, n: int, gen: torch.Generator) -> torch.Tens
         u = torch.sigmoid(s.logit_mean + s.logit_std * torch.randn(n, generator=gen))
         return (u * 1000).long().clamp(0, 999)
     raise ValueError(f"timestep_sampling must be one of {list(TIMESTEP_SAMPLINGS)}, got {s.timestep_sampling!r}")
+
+
+def dihedral(z: torch.Tensor, codes: np.ndarray) -> torch.Tensor:
+    """Latents [n, c, h, w] each turned by `codes % 4` quarter turns, then mirrored where `codes >= 4`."""
+    out = torch.empty_like(z)
+    for code in np.unique(codes):
+        rows = torch.from_numpy(np.flatnonzero(codes == code))
+        turned = z[rows].rot90(int(code) % 4, dims=(-2, -1))
+        out[rows] = turned.flip(-1) if code >= 4 else turned
+    return out
 
 
 def _lr(step: int, total: int, base: float, warmup: int) -> float:
@@ -267,6 +295,8 @@ def train_unet(unet: torch.nn.Module, text_encoder: torch.nn.Module, latents: to
     for step in range(s.unet_steps):
         idx = torch.from_numpy(rng.integers(0, len(latents), size=s.unet_batch))
         z0 = latents[idx] * scale
+        if s.augment == "dihedral":
+            z0 = dihedral(z0, rng.integers(0, 8, size=s.unet_batch))
         ids = tokens[idx].clone()
         drop = torch.from_numpy(rng.random(s.unet_batch) < s.caption_dropout)
         ids[drop] = empty
@@ -393,6 +423,8 @@ def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-sh
             write(unet_, text_, work_dir / f"{name}-step{step}.safetensors")
 
     log.info("stage 3: UNet + text encoder (%s)", device)
-    ema_unet, ema_text = train_unet(unet, text_encoder, latents, captions, scale, s, arch.scheduler_config,
-                                    rng, snapshot)
+    math_kernel = device.type == "cpu" and s.cpu_attention == "math"
+    with sdpa_kernel(SDPBackend.MATH) if math_kernel else contextlib.nullcontext():
+        ema_unet, ema_text = train_unet(unet, text_encoder, latents, captions, scale, s, arch.scheduler_config,
+                                        rng, snapshot)
     return write(ema_unet, ema_text, out_dir / f"{name}.safetensors")
