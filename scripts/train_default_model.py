@@ -20,7 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modules.training.default_model.train import TrainSettings, train_default_model  # noqa: E402
+from modules.training.default_model.train import (  # noqa: E402
+    TrainSettings,
+    finetune_decoder_of,
+    train_default_model,
+)
 
 
 def main() -> None:
@@ -31,6 +35,8 @@ def main() -> None:
                         help="continue from an earlier result (keeps its autoencoder, skips stage 1)")
     parser.add_argument("--vae-from", type=Path, default=None,
                         help="take only the autoencoder of an earlier result; train the rest from scratch")
+    parser.add_argument("--finetune-decoder", type=Path, default=None, metavar="FILE",
+                        help="run stage 4 alone (the decoder) on a finished result; the rest stays as it is")
     parser.add_argument("--work-dir", type=Path, default=None, help="where snapshots are written every 1000 steps")
     for f in dataclasses.fields(TrainSettings):
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
@@ -38,7 +44,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     settings = TrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)})
     start = time.time()
-    path = train_default_model(args.out, settings, args.name, args.work_dir, args.init_from, args.vae_from)
+    if args.finetune_decoder is not None:
+        if args.init_from is not None or args.vae_from is not None:
+            parser.error("--finetune-decoder takes a finished result; it cannot be combined with --init-from or --vae-from")
+        path = finetune_decoder_of(args.finetune_decoder, args.out, settings, args.name)
+    else:
+        path = train_default_model(args.out, settings, args.name, args.work_dir, args.init_from, args.vae_from)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {(time.time() - start) / 60:.1f} min")
 
 

@@ -1,11 +1,13 @@
 """Train the embedded default model: a small latent diffusion model with the SD 1.x structure.
 
-Three stages, deterministic from one seed:
+Four stages, deterministic from one seed:
 1. a small KL autoencoder (8× down-sampling, 4 latent channels) on crops of synthetic pictures;
 2. a data set of latents: pictures encoded once, the latent scale factor measured, and a linear
    latent → RGB map fitted for the cheap live previews;
 3. the UNet and a small CLIP text encoder (real CLIP BPE tokenizer) trained together from scratch,
-   with caption dropout for classifier-free guidance and an EMA of the weights.
+   with caption dropout for classifier-free guidance and an EMA of the weights;
+4. the autoencoder's decoder alone, on whole pictures, with the encoder (and so every latent the
+   UNet learned) frozen.
 
 The result is written as one LDM-layout .safetensors plus its .yaml, exactly the kind of pair a
 user drops into models/Stable-diffusion, and loaded by the same code.
@@ -58,6 +60,10 @@ class TrainSettings:
     vae_batch: int = 16
     vae_crop: int = 64
     vae_lr: float = 1e-3
+    # Stage 4: the decoder alone, trained on whole pictures after the rest is done (0: skip).
+    decoder_steps: int = 400
+    decoder_batch: int = 8
+    decoder_lr: float = 3e-4
     dataset_size: int = 24000
     # Few large batches rather than many small ones: the same samples in ~the same CPU time (the
     # cost is linear in the batch on 2 cores), and what the GPU sweep that found this recipe ran.
@@ -115,8 +121,8 @@ class TrainSettings:
     time_limit: float = 0.0
 
 
-def default_model_config(s: TrainSettings) -> dict[str, Any]:
-    """The model's YAML in the original LDM format, with its small widths stated explicitly."""
+def _check_settings(s: TrainSettings) -> None:
+    """Refuse settings the stages cannot run with, before any time is spent."""
     if s.parameterization not in ("eps", "v"):
         raise ValueError(f"parameterization must be 'eps' or 'v', got {s.parameterization!r}")
     if s.timestep_sampling not in TIMESTEP_SAMPLINGS:
@@ -127,6 +133,14 @@ def default_model_config(s: TrainSettings) -> dict[str, Any]:
         raise ValueError(f"cpu_attention must be one of {list(CPU_ATTENTIONS)}, got {s.cpu_attention!r}")
     if s.augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {list(AUGMENTS)}, got {s.augment!r}")
+    if s.decoder_steps < 0 or s.decoder_batch < 1 or s.decoder_lr <= 0:
+        raise ValueError(f"decoder_steps must be >= 0, decoder_batch >= 1 and decoder_lr > 0, got "
+                         f"{s.decoder_steps}, {s.decoder_batch}, {s.decoder_lr}")
+
+
+def default_model_config(s: TrainSettings) -> dict[str, Any]:
+    """The model's YAML in the original LDM format, with its small widths stated explicitly."""
+    _check_settings(s)
     size = s.size
     config = {
         "model": {
@@ -334,14 +348,93 @@ def train_unet(unet: torch.nn.Module, text_encoder: torch.nn.Module, latents: to
     return ema_unet, ema_text
 
 
+# ------------------------------------------------------------------------------------------- stage 4
+
+def finetune_decoder(vae: torch.nn.Module, s: TrainSettings) -> None:
+    """Train the decoder (and post_quant_conv) further on whole pictures; the encoder stays frozen.
+
+    Stage 1's decoder, trained on crops, got flat colours wrong by up to ~20 levels: a black
+    background came back dark grey inside a rim of clipped black, orange on black came back lighter,
+    towards yellow. The judge then misread pictures the UNet had drawn right (the grey inside read as
+    a shape of its own). With the encoder frozen the latents stay exactly what stage 3 learned, so
+    this stage can run last, or alone on a finished file (`finetune_decoder_of`), with the same
+    result; its random draws come from generators of its own for the same reason."""
+    rng = np.random.default_rng((s.seed, 4))
+    noise = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    device = next(vae.parameters()).device
+    vae.requires_grad_(False)
+    trained = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in trained:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(trained, lr=s.decoder_lr, weight_decay=0.0)
+    vae.train()
+    start = time.time()
+    for step in range(s.decoder_steps):
+        # The stage-3 pictures (its shape sizes), since those are what the UNet's latents show.
+        images, _ = make_batch(rng, s.decoder_batch, s.size, radius_range=(s.radius_min, s.radius_max))
+        x = batch_to_tensor(images).to(device)
+        with torch.no_grad():
+            posterior = vae.encode(x).latent_dist
+            # A posterior sample, not the mean: the UNet's latents are never exactly an encoding,
+            # and the decoder should stay smooth around them.
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=noise).to(device)
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, s.decoder_steps, s.decoder_lr, 20)
+        recon = vae.decode(z).sample  # fp32, like stage 1
+        loss = F.l1_loss(recon, x) + 0.5 * F.mse_loss(recon, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == s.decoder_steps - 1:
+            log.info("decoder step %d/%d loss %.4f (%.0fs)", step, s.decoder_steps, loss.item(), time.time() - start)
+    vae.eval()
+    vae.requires_grad_(False)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.copy_(p.half().float())
+
+
+def finetune_decoder_of(source: Path, out_dir: Path, s: TrainSettings, name: str = "default-shapes") -> Path:
+    """Stage 4 alone on a finished result: `source` with its decoder trained by `finetune_decoder`,
+    written as `<out_dir>/<name>.safetensors` + `.yaml`. For a result of a run with decoder_steps 0,
+    this gives exactly what the run would have given with stage 4 (same seed and settings)."""
+    from modules.devices import DevicePolicy
+    from modules.models.load import load_checkpoint
+
+    _check_settings(s)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    torch.set_flush_denormal(True)
+    model = load_checkpoint(source, DevicePolicy.cpu())
+    model.vae.float()
+    log.info("stage 4 only: decoder of %s", source)
+    finetune_decoder(model.vae, s)
+    config = yaml.safe_load(source.with_suffix(".yaml").read_text(encoding="utf-8"))
+    lineage = {"training.decoder_finetuned_from": f"{source.name} sha256:{hashlib.sha256(source.read_bytes()).hexdigest()}"}
+    return _write(model, config, s, name, out_dir / f"{name}.safetensors", lineage)
+
+
+def _write(model: SDModel, config: dict[str, Any], s: TrainSettings, name: str, path: Path,
+           lineage: dict[str, str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".yaml").write_text(
+        "# The embedded default model: SD 1.x structure at small widths, trained by\n"
+        "# scripts/train_default_model.py on synthetic shapes (see README).\n"
+        + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return save_checkpoint(model, path, dtype=torch.float16,
+                           metadata={"modelspec.title": name, "training.seed": str(s.seed),
+                                     "modelspec.prediction_type": "v" if s.parameterization == "v" else "epsilon",
+                                     "training.settings": repr(s), **lineage})
+
+
 def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-shapes",
                         work_dir: Path | None = None, init_from: Path | None = None,
                         vae_from: Path | None = None) -> Path:
-    """Run all three stages and write `<out_dir>/<name>.safetensors` + `.yaml`; returns the file.
+    """Run all four stages and write `<out_dir>/<name>.safetensors` + `.yaml`; returns the file.
 
-    `init_from`: continue from an earlier result of this script (its autoencoder is kept, stage 1 is
-    skipped, stages 2 and 3 run again with `s`). `vae_from`: take only the autoencoder of an earlier
-    result (stage 1 skipped) and train the UNet and text encoder from scratch."""
+    `init_from`: continue from an earlier result of this script (its autoencoder is kept, stages 1
+    and 4 are skipped, stages 2 and 3 run again with `s`). `vae_from`: take only the autoencoder of an
+    earlier result (stages 1 and 4 skipped) and train the UNet and text encoder from scratch."""
     from modules.devices import DevicePolicy
     from modules.models.load import load_checkpoint
 
@@ -407,16 +500,7 @@ def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-sh
             lineage[key] = f"{source.name} sha256:{hashlib.sha256(source.read_bytes()).hexdigest()}"
 
     def write(unet_: torch.nn.Module, text_: torch.nn.Module, path: Path) -> Path:
-        model = SDModel(arch=arch, unet=unet_, vae=vae, text_encoders=[text_])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_suffix(".yaml").write_text(
-            "# The embedded default model: SD 1.x structure at small widths, trained by\n"
-            "# scripts/train_default_model.py on synthetic shapes (see README).\n"
-            + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        return save_checkpoint(model, path, dtype=torch.float16,
-                               metadata={"modelspec.title": name, "training.seed": str(s.seed),
-                                         "modelspec.prediction_type": "v" if s.parameterization == "v" else "epsilon",
-                                         "training.settings": repr(s), **lineage})
+        return _write(SDModel(arch=arch, unet=unet_, vae=vae, text_encoders=[text_]), config, s, name, path, lineage)
 
     def snapshot(unet_: torch.nn.Module, text_: torch.nn.Module, step: int) -> None:
         if work_dir:
@@ -427,4 +511,9 @@ def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-sh
     with sdpa_kernel(SDPBackend.MATH) if math_kernel else contextlib.nullcontext():
         ema_unet, ema_text = train_unet(unet, text_encoder, latents, captions, scale, s, arch.scheduler_config,
                                         rng, snapshot)
+    if init_from is None and vae_from is None and s.decoder_steps:
+        # An autoencoder taken from a file stays as it is: a result of this script already had its
+        # decoder trained (finetune_decoder_of does it for one that had not).
+        log.info("stage 4: decoder (%s)", device)
+        finetune_decoder(vae, s)
     return write(ema_unet, ema_text, out_dir / f"{name}.safetensors")
