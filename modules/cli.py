@@ -71,7 +71,7 @@ FLAGS: tuple[Flag, ...] = (
          default="", short="-p"),
     Flag("--negative-prompt", "negative_prompt", str, "what not to draw", default="", short="-n"),
     Flag("--sampler", "sampler", str, 'sampler name as in A1111, e.g. "Euler a", "DPM++ 2M", "DDIM"',
-         default="Euler a"),
+         default="DPM++ 2M"),
     Flag("--schedule-type", "schedule_type", str, "Automatic, Uniform, Karras or Exponential",
          default="Automatic"),
     Flag("--steps", "steps", int, "sampling steps", default=20),

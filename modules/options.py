@@ -18,7 +18,7 @@ class Options:
 
     sd_model_checkpoint: str = ""  # last selected checkpoint title/name
     sd_vae: str = "Automatic"
-    default_sampler: str = "Euler a"
+    default_sampler: str = "DPM++ 2M"
     default_scheduler: str = "Automatic"
     default_steps: int = 20
     CLIP_stop_at_last_layers: int = 1  # A1111's name for CLIP skip

@@ -1,7 +1,7 @@
 """Prompt adherence of the embedded default model (or any checkpoint of the shapes vocabulary).
 
     python scripts/eval_default_model.py [--ckpt models/Stable-diffusion/default-shapes.safetensors]
-        [--seeds 2] [--every 1] [--steps 20] [--cfg 7] [--sampler "Euler a"]
+        [--seeds 2] [--every 1] [--steps 20] [--cfg 7] [--sampler "DPM++ 2M"]
 
 Prints accuracy tables (shape colour, shape, background) for held-in prompts and for the colour-shape
 pairs held out of training, judged by the transparent judge in modules/training/default_model/judge.py.
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="keep every n-th held-in combination")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=7.0)
-    parser.add_argument("--sampler", default="Euler a")
+    parser.add_argument("--sampler", default="DPM++ 2M", help="the UI's default (Karras sigmas)")
     parser.add_argument("--show-failures", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (fp32 either way)")
     args = parser.parse_args()

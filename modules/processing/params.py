@@ -33,7 +33,9 @@ class GenerationParams:
 
     prompt: str = ""
     negative_prompt: str = ""
-    sampler: str = "Euler a"
+    # A1111 1.9+'s default; with "Automatic" it runs on Karras sigmas. Of the samplers measured on
+    # the embedded default model it is the one that meets every adherence target (README).
+    sampler: str = "DPM++ 2M"
     schedule_type: str = "Automatic"
     steps: int = 20
     cfg_scale: float = 7.0

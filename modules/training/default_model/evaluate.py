@@ -49,7 +49,7 @@ def cases(held_out: bool, seeds: Iterable[int], every: int = 1) -> list[Case]:
 
 
 def evaluate(registry: ModelRegistry, items: list[Case], steps: int = 20, cfg_scale: float = 7.0,
-             sampler: str = "Euler a") -> list[Outcome]:
+             sampler: str = "DPM++ 2M") -> list[Outcome]:
     outcomes = []
     for case in items:
         params = Txt2ImgParams(prompt=case.prompt, steps=steps, cfg_scale=cfg_scale, sampler=sampler,
