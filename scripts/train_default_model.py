@@ -2,8 +2,10 @@
 
     python scripts/train_default_model.py [--out models/Stable-diffusion] [--seed 1234] [--unet-steps 1700]
 
+    python scripts/train_default_model.py --finetune-decoder FILE [--out DIR]   (stage 4 alone)
+
 Deterministic from the seed (same thread count, same machine kind). The defaults are the recipe of
-the shipped file: 67 minutes on 2 CPU cores with AVX-512 BF16 (stage 3 in bf16 mixed precision;
+the shipped file: about 70 minutes on 2 CPU cores with AVX-512 BF16 (stage 3 in bf16 mixed precision;
 `--precision fp32` where bf16 is slow; `--cpu-attention math` is ~8% faster but rounds differently,
 so it gives another model). Not part of the test run: the tests use the shipped file.
 See README, "The embedded default model".
