@@ -225,6 +225,18 @@ def _lr(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _pixel_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The autoencoder's reconstruction loss (stages 1 and 4)."""
+    return F.l1_loss(recon, x) + 0.5 * F.mse_loss(recon, x)
+
+
+@torch.no_grad()
+def _round_to_fp16(module: torch.nn.Module) -> None:
+    """Weights as the fp16 file will hold them, so what trains next sees what ships."""
+    for p in module.parameters():
+        p.copy_(p.half().float())
+
+
 # ------------------------------------------------------------------------------------------- stage 1
 
 def train_vae(vae: torch.nn.Module, s: TrainSettings, rng: np.random.Generator) -> None:
@@ -242,7 +254,7 @@ def train_vae(vae: torch.nn.Module, s: TrainSettings, rng: np.random.Generator) 
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=None)).sample
         kl = posterior.kl().mean() / x[0].numel()
-        loss = F.l1_loss(recon, x) + 0.5 * F.mse_loss(recon, x) + 1e-4 * kl
+        loss = _pixel_loss(recon, x) + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -381,7 +393,7 @@ def finetune_decoder(vae: torch.nn.Module, s: TrainSettings) -> None:
         for group in opt.param_groups:
             group["lr"] = _lr(step, s.decoder_steps, s.decoder_lr, 20)
         recon = vae.decode(z).sample  # fp32, like stage 1
-        loss = F.l1_loss(recon, x) + 0.5 * F.mse_loss(recon, x)
+        loss = _pixel_loss(recon, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -389,9 +401,7 @@ def finetune_decoder(vae: torch.nn.Module, s: TrainSettings) -> None:
             log.info("decoder step %d/%d loss %.4f (%.0fs)", step, s.decoder_steps, loss.item(), time.time() - start)
     vae.eval()
     vae.requires_grad_(False)
-    with torch.no_grad():
-        for p in vae.parameters():
-            p.copy_(p.half().float())
+    _round_to_fp16(vae)
 
 
 def finetune_decoder_of(source: Path, out_dir: Path, s: TrainSettings, name: str = "default-shapes") -> Path:
@@ -470,11 +480,9 @@ def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-sh
     if init_from is None and vae_from is None:
         log.info("stage 1: autoencoder (%s)", device)
         train_vae(vae, s, rng)
-        with torch.no_grad():
-            # The UNet learns the latents of the autoencoder as the fp16 file holds it, which also
-            # makes --vae-from (that file) give exactly this run's model.
-            for p in vae.parameters():
-                p.copy_(p.half().float())
+        # The UNet learns the latents of the autoencoder as the fp16 file holds it, which also makes
+        # --vae-from (that file) give exactly this run's model.
+        _round_to_fp16(vae)
     elif vae_from is not None:
         # Draw what stage 1 would have drawn, so that an autoencoder from a full run of the same seed
         # gives exactly the model that full run gives (~1 minute of drawing instead of stage 1).
