@@ -365,7 +365,7 @@ def train_unet(unet: torch.nn.Module, text_encoder: torch.nn.Module, latents: to
 def finetune_decoder(vae: torch.nn.Module, s: TrainSettings) -> None:
     """Train the decoder (and post_quant_conv) further on whole pictures; the encoder stays frozen.
 
-    Stage 1's decoder, trained on crops, got flat colours wrong by up to ~20 levels: a black
+    Stage 1's decoder, trained on crops, got flat colours wrong by up to ~24 levels: a black
     background came back dark grey inside a rim of clipped black, orange on black came back lighter,
     towards yellow. The judge then misread pictures the UNet had drawn right (the grey inside read as
     a shape of its own). With the encoder frozen the latents stay exactly what stage 3 learned, so
