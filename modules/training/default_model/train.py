@@ -225,6 +225,14 @@ def _lr(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _set_up_torch(s: TrainSettings) -> None:
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    # Tiny gradients and Adam moments turn denormal as training settles; on x86 CPUs each denormal
+    # operation costs ~100x, which slowed training several-fold. Flushing them changes nothing else.
+    torch.set_flush_denormal(True)
+
+
 def _pixel_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The autoencoder's reconstruction loss (stages 1 and 4)."""
     return F.l1_loss(recon, x) + 0.5 * F.mse_loss(recon, x)
@@ -412,9 +420,7 @@ def finetune_decoder_of(source: Path, out_dir: Path, s: TrainSettings, name: str
     from modules.models.load import load_checkpoint
 
     _check_settings(s)
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    torch.set_flush_denormal(True)
+    _set_up_torch(s)
     model = load_checkpoint(source, DevicePolicy.cpu())
     model.vae.float()
     log.info("stage 4 only: decoder of %s", source)
@@ -448,11 +454,7 @@ def train_default_model(out_dir: Path, s: TrainSettings, name: str = "default-sh
     from modules.devices import DevicePolicy
     from modules.models.load import load_checkpoint
 
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    # Tiny gradients and Adam moments turn denormal as training settles; on x86 CPUs each denormal
-    # operation costs ~100x, which slowed training several-fold. Flushing them changes nothing else.
-    torch.set_flush_denormal(True)
+    _set_up_torch(s)
     device = torch.device("cuda" if s.device == "auto" and torch.cuda.is_available() else
                           "cpu" if s.device == "auto" else s.device)
     torch.manual_seed(s.seed)
