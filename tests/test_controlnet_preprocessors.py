@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from modules.controlnet import model_free
 from modules.controlnet import preprocessors as pp
 from modules.errors import UserError
 
@@ -220,6 +221,22 @@ def test_weight_module_runs_offline_from_a_local_file(tmp_path):
     assert info.available, info.unavailable_reason
     out = pp.run_module("softedge_pidinet", _picture(), resolution=128, annotator_dir=tmp_path)
     assert out.shape == (128, 196, 3) and out.dtype == np.uint8
+    scribble = pp.run_module("scribble_pidinet", _picture(), resolution=128, annotator_dir=tmp_path)
+    # Strokes are made from the cropped soft-edge map, as the extension orders it.
+    assert np.array_equal(scribble, model_free.soft_edge_to_scribble(out))
+
+
+def test_soft_edges_become_thin_scribble_strokes_as_the_anchor_does():
+    aux_util = pytest.importorskip("controlnet_aux.util")
+    yy, xx = np.mgrid[0:96, 0:128]
+    ridge = 250 * np.exp(-((yy - 0.4 * xx - 20) ** 2) / 30.0) + 240 * np.exp(-((xx - 90) ** 2) / 8.0)
+    soft = ridge.clip(0, 255).astype(np.uint8)
+    # The anchors' rule: non-maximum suppression at 127 (sigma 3), blur sigma 3, > 4 is a stroke.
+    expected = cv2.GaussianBlur(aux_util.nms(soft, 127, 3.0), (0, 0), 3.0)
+    expected = np.where(expected > 4, 255, 0)
+    out = model_free.soft_edge_to_scribble(soft)
+    assert out.shape == (96, 128, 3) and np.array_equal(out[:, :, 0], expected)
+    assert 0 < (out[:, :, 0] == 255).mean() < 0.5
 
 
 def test_every_runnable_module_returns_hwc_uint8():

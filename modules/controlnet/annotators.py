@@ -194,8 +194,6 @@ def _call_kwargs(name: str, threshold_a: float, threshold_b: float) -> dict[str,
         return {"depth_and_normal": True, "bg_th": threshold_a}
     if name in ("hed_safe", "pidinet_safe"):
         return {"safe": True}
-    if name in ("scribble_hed", "pidinet_scribble"):
-        return {"scribble": True}
     if name == "lineart_coarse":
         return {"coarse": True}
     if name == "depth_leres":

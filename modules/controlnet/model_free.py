@@ -167,6 +167,30 @@ def shuffle(image: np.ndarray, resolution: int, seed: int) -> np.ndarray:
     return cv2.remap(img, flow, None, cv2.INTER_LINEAR)
 
 
+def _thin_maxima(x: np.ndarray, level: float, sigma: float) -> np.ndarray:
+    """Non-maximum suppression of a soft edge map: blurred, kept where it is the largest along any
+    of the four directions (horizontal, vertical, two diagonals), then thresholded at `level`."""
+    x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), sigma)
+    kernels = (
+        np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0]], dtype=np.uint8),
+        np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], dtype=np.uint8),
+        np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.uint8),
+        np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], dtype=np.uint8),
+    )
+    kept = np.zeros_like(x)
+    for kernel in kernels:
+        np.putmask(kept, cv2.dilate(x, kernel=kernel) == x, x)
+    return np.where(kept > level, 255, 0).astype(np.uint8)
+
+
+def soft_edge_to_scribble(edges: np.ndarray) -> np.ndarray:
+    """A soft edge map (HED, PiDiNet) made into a scribble: thin maxima above 127, widened by a
+    blur of sigma 3 and binarised (anything above 4 is a stroke), as the extension's scribble_hed."""
+    thin = _thin_maxima(hwc3(edges)[:, :, 0], 127, 3.0)
+    wide = cv2.GaussianBlur(thin, (0, 0), 3.0)
+    return hwc3(np.where(wide > 4, 255, 0).astype(np.uint8))
+
+
 def inpaint_rgba(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """The image with the inpaint mask in its alpha channel (255 = repaint), as the extension carries it.
 

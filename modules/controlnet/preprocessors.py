@@ -186,7 +186,11 @@ def run_module(name: str, image: Image.Image | np.ndarray, resolution: float = -
     if reason:
         raise UserError(reason)
     padded, remove_pad = model_free.resize_with_pad(img, res)
-    return remove_pad(annotators.run_annotator(key, info.label, padded, a, b, folder))
+    detected = remove_pad(annotators.run_annotator(key, info.label, padded, a, b, folder))
+    if key in ("scribble_hed", "pidinet_scribble"):
+        # The extension turns the soft edges into strokes after cropping the padding away.
+        detected = model_free.soft_edge_to_scribble(detected)
+    return detected
 
 
 def parse_resize_mode(value: str | int) -> str:
