@@ -60,6 +60,10 @@ def test_minus_one_means_the_module_defaults():
     assert pp.effective_settings(pp.resolve_module("tile_resample"), 64, 64, 64) == (64, 1.0, 0.5)
     assert pp.effective_settings(pp.resolve_module("canny"), 5000, 0, 300) == (512, 100, 200)
     assert pp.effective_settings(pp.resolve_module("shuffle"), 768, -1, -1)[0] == 512
+    # A pixel-perfect resolution is set after the range check in the extension: used as it is.
+    assert pp.effective_settings(pp.resolve_module("shuffle"), 300, pixel_perfect=True)[0] == 300
+    assert pp.effective_settings(pp.resolve_module("canny"), 40, pixel_perfect=True)[0] == 40
+    assert min(pp.run_module("shuffle", _picture(), 300, pixel_perfect=True).shape[:2]) == 300
 
 
 def test_invert_inverts_at_the_image_size_and_composes_alpha_over_white():

@@ -97,19 +97,20 @@ def resolve_module(name: str | None) -> ModuleInfo:
 
 
 def effective_settings(info: ModuleInfo, resolution: float = -1, threshold_a: float = -1,
-                       threshold_b: float = -1) -> tuple[int, float, float]:
+                       threshold_b: float = -1, pixel_perfect: bool = False) -> tuple[int, float, float]:
     """Resolution and thresholds as the module will use them.
 
     As in the extension, a value outside its slider's range (so -1 above all) means the slider's
     default. Out-of-range values are not an error there either: clients such as webuiapi send
-    threshold_a=64 with every unit, whatever the module.
+    threshold_a=64 with every unit, whatever the module. A pixel-perfect resolution (positive) is
+    used as it is: the extension sets it after the range check.
     """
     def pick(value: float, spec: SliderSpec) -> float:
         value = float(value)
         return spec.value if value < spec.minimum or value > spec.maximum else value
 
-    return (int(pick(resolution, info.resolution)), pick(threshold_a, info.threshold_a),
-            pick(threshold_b, info.threshold_b))
+    res = int(resolution) if pixel_perfect and resolution >= 1 else int(pick(resolution, info.resolution))
+    return res, pick(threshold_a, info.threshold_a), pick(threshold_b, info.threshold_b)
 
 
 def _as_array(image: Any, what: str) -> np.ndarray:
@@ -142,10 +143,12 @@ def _mask_array(mask: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 def run_module(name: str, image: Image.Image | np.ndarray, resolution: float = -1,
                threshold_a: float = -1, threshold_b: float = -1, mask: Image.Image | np.ndarray | None = None,
-               seed: int = 0, annotator_dir: Path | str = DEFAULT_ANNOTATOR_DIR) -> np.ndarray:
+               seed: int = 0, annotator_dir: Path | str = DEFAULT_ANNOTATOR_DIR,
+               pixel_perfect: bool = False) -> np.ndarray:
     """The detected map of `image` by module `name`, as HxWxC uint8 (C = 3; 4 for the inpaint modules).
 
-    -1 (or any value outside a slider's range) means the module's default. Maps come back at the
+    -1 (or any value outside a slider's range) means the module's default; with `pixel_perfect`
+    the resolution (from `pixel_perfect_resolution`) is taken as it is. Maps come back at the
     processor resolution (shorter side = resolution), except `none`/`invert`/`inpaint*` (the
     image's own size), `tile_resample` (the image's size divided by the rate) and the recolor
     modules (the image's size). `seed` drives `shuffle` (the extension seeds it with
@@ -154,7 +157,7 @@ def run_module(name: str, image: Image.Image | np.ndarray, resolution: float = -
     """
     info = resolve_module(name)
     img = _as_array(image, "image")
-    res, a, b = effective_settings(info, resolution, threshold_a, threshold_b)
+    res, a, b = effective_settings(info, resolution, threshold_a, threshold_b, pixel_perfect)
     key = info.name
     if key in ("inpaint", "inpaint_only"):
         return model_free.inpaint_rgba(img, None if mask is None else _mask_array(mask, img.shape))
