@@ -141,6 +141,28 @@ class PromptEncoder:
         # Textual-inversion embeddings by name; `self.embeddings.used` says which prompts used.
         self.embeddings = EmbeddingTable(embeddings) if embeddings else None
 
+    @property
+    def zeroes_empty_negative(self) -> bool:
+        """Whether an empty negative prompt becomes all-zero conditioning instead of the encoding of "".
+
+        SDXL and its refiner condition through sgm's GeneralConditioner; their original pipeline and
+        A1111 (`force_zero_embeddings=['txt']` when every negative text is empty) zero all text
+        encoders' outputs, cross-attention context and pooled vector alike. Those checkpoints are
+        exactly the ones with a pooled (projection) text tower; SD 1.x / 2.x (LDM) encode "" as text.
+        """
+        return any(spec.projection for spec in self.specs)
+
+    def zeros(self, batch: int, chunks: int = 1) -> Conditioning:
+        """All-zero conditioning shaped like `encode`'s for `batch` prompts of `chunks` chunks."""
+        device = execution_device(self.encoders[0])
+        # Widths from the specs (the projection is built hidden_size wide), so no encoder pass is needed.
+        width = sum(spec.hidden_size for spec in self.specs)
+        pooled_width = sum(spec.hidden_size for spec in self.specs if spec.projection)
+        return Conditioning(
+            context=torch.zeros(batch, chunks * CHUNK_IDS, width, device=device),
+            pooled=torch.zeros(batch, pooled_width, device=device) if pooled_width else None,
+        )
+
     def _chunks(self, prompt: str) -> tuple[list[PromptChunk], int]:
         # LoRA tags are instructions for the loader, not text for the model (A1111 strips them too).
         return tokenize_prompt(extract_lora_tags(prompt)[0], self.comma_id, self.embeddings)
@@ -217,12 +239,13 @@ class PromptEncoder:
         """(positive, negative) with the same number of chunks, so they can be batched for CFG.
 
         The shorter side is padded with empty-prompt chunks, as A1111's "pad prompt/negative prompt".
+        On SDXL, negative prompts that are all empty give zeros (see `zeroes_empty_negative`).
         """
         n_chunks = max(len(self._chunks(p)[0]) for p in [*prompts, *negative_prompts])
-        return (
-            self.encode(prompts, clip_skip=clip_skip, min_chunks=n_chunks),
-            self.encode(negative_prompts, clip_skip=clip_skip, min_chunks=n_chunks),
-        )
+        positive = self.encode(prompts, clip_skip=clip_skip, min_chunks=n_chunks)
+        if negative_prompts and self.zeroes_empty_negative and all(p == "" for p in negative_prompts):
+            return positive, self.zeros(len(negative_prompts), n_chunks)
+        return positive, self.encode(negative_prompts, clip_skip=clip_skip, min_chunks=n_chunks)
 
 
 def sdxl_time_ids(

@@ -180,6 +180,9 @@ class StepConditioning:
         self.steps = steps
         self.positive = prompt_schedule(owner.prompt, steps)
         self.negative = prompt_schedule(owner.negative_prompt, steps)
+        # SDXL zeroes the negative side only when every text it goes through in this pass is empty, as
+        # A1111 checks the texts of one prompt's schedule: "[:ugly:0.5]" encodes its first half as "".
+        self.zero_negative = owner.encoder.zeroes_empty_negative and all(text == "" for _, text in self.negative)
 
     @property
     def changes(self) -> bool:
@@ -190,7 +193,7 @@ class StepConditioning:
 
     def at(self, step: int) -> tuple[Conditioning, Conditioning]:
         """The conditioning for 0-based step `step`; the same objects while the texts stay the same."""
-        return self.owner.pair(*self.texts(step))
+        return self.owner.pair(*self.texts(step), zero_negative=self.zero_negative)
 
 
 class PromptSchedules:
@@ -230,11 +233,20 @@ class PromptSchedules:
         pad = self._empty.context.expand(cond.context.shape[0], -1, -1)
         return Conditioning(torch.cat([cond.context, *[pad] * (chunks - have)], dim=1), cond.pooled)
 
-    def pair(self, positive: str, negative: str) -> tuple[Conditioning, Conditioning]:
-        key = (positive, negative)
+    def pair(self, positive: str, negative: str, zero_negative: bool = False) -> tuple[Conditioning, Conditioning]:
+        """CFG-ready (positive, negative); `zero_negative` gives all-zero negative conditioning (SDXL's
+        empty negative prompt) instead of encoding `negative`."""
+        key = (positive, negative, zero_negative)
         if key not in self._pairs:
-            cond, uncond = self._encode(positive), self._encode(negative)
-            chunks = max(cond.context.shape[1], uncond.context.shape[1]) // CHUNK_IDS
+            cond = self._encode(positive)
+            chunks = cond.context.shape[1] // CHUNK_IDS
+            if zero_negative:
+                # Padded with zeros, not with "" chunks: all-zero keys and values make cross-attention's
+                # output the same at any length, so this equals A1111's default (unpadded) pass and sgm's.
+                uncond = self.encoder.zeros(1, chunks)
+            else:
+                uncond = self._encode(negative)
+                chunks = max(chunks, uncond.context.shape[1] // CHUNK_IDS)
             self._pairs[key] = (self._batched(self._padded(cond, chunks)),
                                 self._batched(self._padded(uncond, chunks)))
         return self._pairs[key]
