@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modules.sampling.schedule_types import SCHEDULE_LABELS
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -72,7 +74,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--negative-prompt", "negative_prompt", str, "what not to draw", default="", short="-n"),
     Flag("--sampler", "sampler", str, 'sampler name as in A1111, e.g. "Euler a", "DPM++ 2M", "DDIM"',
          default="DPM++ 2M"),
-    Flag("--schedule-type", "schedule_type", str, "Automatic, Uniform, Karras or Exponential",
+    Flag("--schedule-type", "schedule_type", str, "noise schedule as in A1111: " + ", ".join(SCHEDULE_LABELS),
          default="Automatic"),
     Flag("--steps", "steps", int, "sampling steps", default=20),
     Flag("--cfg-scale", "cfg_scale", float, "classifier-free guidance scale", default=7.0),
@@ -140,6 +142,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction, parents: Sequence[ar
             required = flag.field in ("init_image", "mask")
             group.add_argument(*names, dest=flag.field, type=flag.type, default=None, required=required,
                                metavar=_metavar(flag), help=flag.help + shown)
+        group.add_argument("--override-settings", dest="override_settings", action="append", default=[],
+                           metavar="KEY=VALUE",
+                           help="a setting for this run only, as A1111's override_settings; VALUE is JSON "
+                                "(true, 31337, 0.5, \"text\"; plain text also works); repeatable, e.g. "
+                                "--override-settings sgm_noise_multiplier=true --override-settings "
+                                "eta_noise_seed_delta=31337")
         parser.set_defaults(mode=mode)
     from modules.training.lora.cli import add_train_lora_parser  # light: torch loads when it runs
 
@@ -181,6 +189,27 @@ def _choice(value: str, allowed: tuple[str, ...]) -> str:
     return text.lower()  # anything else is checked (and refused with the list) by validate()
 
 
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings to checked settings (a UserError names a malformed item, an unknown key
+    or a value of the wrong type)."""
+    import json
+
+    from modules.errors import UserError
+    from modules.options import checked_changes
+
+    changes: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--override-settings {item!r}: write KEY=VALUE, e.g. sgm_noise_multiplier=true.")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text  # plain text for string settings, e.g. sd_vae=my.safetensors
+        changes[key.strip()] = value
+    return checked_changes(changes)
+
+
 def build_params(args: argparse.Namespace) -> GenerationParams:
     """The params dataclass for `args.mode` from the flags that were given; images are loaded here."""
     from modules.processing import params as P
@@ -202,7 +231,7 @@ def build_params(args: argparse.Namespace) -> GenerationParams:
         elif flag.field in _CHOICE_FIELDS:
             value = _choice(value, allowed[flag.field])
         values[flag.field] = value
-    return cls(**values)
+    return cls(**values, override_settings=parse_overrides(getattr(args, "override_settings", None) or []))
 
 
 def resolve_checkpoint(registry: ModelRegistry, value: str) -> CheckpointInfo:

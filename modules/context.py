@@ -14,10 +14,12 @@ import torch
 from modules.devices import DevicePolicy
 from modules.models.discovery import HashCache
 from modules.models.registry import ModelRegistry
-from modules.options import OptionsStore
+from modules.options import Options, OptionsStore
 from modules.processing.control import GenerationControl
 from modules.processing.params import GenerationParams
 from modules.processing.run import GenerationResult, ImageHook, generate
+from modules.sampling.samplers import SamplerSettings
+from modules.sampling.schedules import ScheduleSettings
 from modules.styles import StyleStore
 from modules.upscalers import UpscalerRegistry
 
@@ -106,7 +108,18 @@ class AppContext:
     def generate(self, params: GenerationParams) -> GenerationResult:
         """The one entry for the UI, the API and the CLI: generation through the processing layer,
         one request at a time on the device (the registry's lock queues the others)."""
-        self.registry.set_vae_tiling(self.policy.vae_tiling or self.options.options.vae_tiling)
+        options = self.options.effective(params.override_settings)  # refuses bad overrides first
+        self.registry.set_vae_tiling(self.policy.vae_tiling or options.vae_tiling)
         return generate(self.styles.apply_to(params), self.registry, self.outdir, self.control, self.image_hooks,
                         lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,
-                        upscalers=self.upscalers, filename_pattern=self.options.options.samples_filename_pattern)
+                        upscalers=self.upscalers, filename_pattern=options.samples_filename_pattern,
+                        sampling=sampler_settings(options))
+
+
+def sampler_settings(options: Options) -> SamplerSettings:
+    """The sampler settings of the options in force for one request."""
+    return SamplerSettings(
+        eta_noise_seed_delta=options.eta_noise_seed_delta, sgm_noise_multiplier=options.sgm_noise_multiplier,
+        always_discard_next_to_last_sigma=options.always_discard_next_to_last_sigma,
+        schedule=ScheduleSettings(rho=options.rho, beta_alpha=options.beta_dist_alpha,
+                                  beta_beta=options.beta_dist_beta))

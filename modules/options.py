@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,47 @@ class Options:
     # Decode latents in tiles at every size (less memory; --vae-tiling forces it on).
     vae_tiling: bool = False
     show_progress_every_n_steps: int = 2
+    # Sampler parameters (A1111's keys): they change pictures, and infotexts record them.
+    eta_noise_seed_delta: int = 0  # ENSD: ancestral step noise from seed + this (31337 is common)
+    sgm_noise_multiplier: bool = False  # start from noise * sqrt(1 + sigma_0^2), as the SGM code
+    always_discard_next_to_last_sigma: bool = False
+    rho: float = 0.0  # Karras / Polyexponential rho; 0 = the schedule's own (7 / 1)
+    beta_dist_alpha: float = 0.6  # Beta schedule
+    beta_dist_beta: float = 0.6
+    # Decode again in fp32 when a reduced-precision VAE decode gives NaN/inf (A1111's
+    # "Automatically revert VAE to 32-bit floats").
+    auto_vae_precision: bool = True
     disabled_extensions: list[str] = field(default_factory=list)
     extension_settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def checked_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` with values in the options' types; a UserError names an unknown key or a bad value."""
+    defaults = Options()
+    known = {f.name for f in fields(Options)}
+    unknown = [k for k in changes if k not in known]
+    if unknown:
+        raise UserError(f"Unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    out: dict[str, Any] = {}
+    for key, value in changes.items():
+        current = getattr(defaults, key)
+        if isinstance(current, bool):
+            if not isinstance(value, bool):
+                raise UserError(f"Option {key} must be true or false, got {value!r}.")
+        elif isinstance(current, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"Option {key} must be a whole number, got {value!r}.")
+        elif isinstance(current, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UserError(f"Option {key} must be a number, got {value!r}.")
+            value = float(value)
+        elif isinstance(current, str) and not isinstance(value, str):
+            raise UserError(f"Option {key} must be text, got {value!r}.")
+        out[key] = value
+    return out
 
 
 class OptionsStore:
@@ -55,22 +91,18 @@ class OptionsStore:
                     setattr(self.options, key, value)
 
     def update(self, changes: dict[str, Any], save: bool = True) -> None:
-        """Apply changes (unknown keys are refused with the list of known ones)."""
-        known = {f.name: f for f in fields(Options)}
-        unknown = [k for k in changes if k not in known]
-        if unknown:
-            raise UserError(f"Unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}.")
+        """Apply changes (unknown keys and values of the wrong type are refused, nothing applied)."""
+        changes = checked_changes(changes)
         with self._lock:
             for key, value in changes.items():
-                current = getattr(self.options, key)
-                if isinstance(current, bool) and not isinstance(value, bool):
-                    raise UserError(f"Option {key} must be true or false, got {value!r}.")
-                if isinstance(current, int) and not isinstance(current, bool):
-                    if isinstance(value, bool) or not isinstance(value, int):
-                        raise UserError(f"Option {key} must be a whole number, got {value!r}.")
                 setattr(self.options, key, value)
             if save:
                 self.save()
+
+    def effective(self, overrides: dict[str, Any] | None = None) -> Options:
+        """A copy of the options with one request's `override_settings` applied (checked)."""
+        with self._lock:
+            return replace(self.options, **checked_changes(overrides or {}))
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from modules.sampling.samplers import (
 
 # diffusers 0.42 + numpy 2 deprecation noise (numpy calling torch's __array__), thousands per run;
 # and torchsde's float-rounding warning that samplers.py filters outside pytest.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Should have ta>=t0:UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Should have t[ab][<>]=t[01]:UserWarning")
 
 SD = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
       "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
@@ -70,18 +70,25 @@ def test_scheduler_options() -> None:
     assert make_scheduler("Euler", "Automatic", SD_V).config.prediction_type == "v_prediction"
 
 
-def test_automatic_is_a1111_default_schedule() -> None:
-    # A1111 1.9+: "Automatic" means Karras for DPM++ 2M, Exponential for DPM++ 2M SDE.
-    assert make_scheduler("DPM++ 2M", "Automatic", SD).config.use_karras_sigmas is True
-    assert make_scheduler("DPM++ 2M", "Uniform", SD).config.use_karras_sigmas is False
-    assert make_scheduler("DPM++ 2M SDE", "Automatic", SD).config.use_exponential_sigmas is True
-    assert make_scheduler("Euler", "Automatic", SD).config.use_karras_sigmas is False
-    assert sampler_info("DPM++ 2M").automatic_schedule == "Karras"
+def _sigmas(name: str, schedule: str, steps: int = 10) -> torch.Tensor:
+    scheduler = make_scheduler(name, schedule, SD)
+    scheduler.set_timesteps(steps)
+    return scheduler.sigmas
+
+
+@pytest.mark.parametrize(("name", "default"), [("DPM++ 2M", "Karras"), ("DPM++ 2M SDE", "Exponential"),
+                                               ("Euler", "Uniform"), ("DPM++ SDE", "Karras")])
+def test_automatic_is_a1111_default_schedule(name: str, default: str) -> None:
+    # A1111 1.9+: "Automatic" means Karras for DPM++ 2M, Exponential for DPM++ 2M SDE, ...
+    assert sampler_info(name).automatic_schedule == default
+    assert torch.equal(_sigmas(name, "Automatic"), _sigmas(name, default))
+    other = "Uniform" if default != "Uniform" else "Karras"
+    assert not torch.equal(_sigmas(name, "Automatic"), _sigmas(name, other))
 
 
 @pytest.mark.parametrize("schedule", ["Karras", "Exponential"])
 def test_euler_a_takes_eulers_sigmas(schedule: str) -> None:
-    # diffusers' ancestral Euler has no Karras/Exponential option; ours borrows Euler's.
+    # diffusers' ancestral Euler has no Karras/Exponential option; it samples on the same levels.
     ancestral, euler = make_scheduler("Euler a", schedule, SD), make_scheduler("Euler", schedule, SD)
     ancestral.set_timesteps(12)
     euler.set_timesteps(12)
@@ -196,8 +203,12 @@ def test_unknown_sampler_lists_valid_names() -> None:
 
 
 def test_bad_schedule_and_conflicts() -> None:
-    with pytest.raises(UserError, match="Valid schedule types: Automatic, Uniform, Karras, Exponential"):
-        validate_sampler("Euler", "Polyexponential")
+    with pytest.raises(UserError, match="Valid schedule types: Automatic, Uniform, Karras, Exponential, "
+                                        "Polyexponential, SGM Uniform, KL Optimal, Align Your Steps, Simple, "
+                                        "Normal, DDIM, Beta"):
+        validate_sampler("Euler", "Quadratic")
+    with pytest.raises(UserError, match="Schedule types for UniPC: Automatic, Uniform, Karras, Exponential"):
+        validate_sampler("UniPC", "Polyexponential")
     with pytest.raises(UserError, match="Karras"):
         validate_sampler("DPM++ 2M Karras", "Exponential")
     for name in ("DDIM", "PLMS", "LCM"):

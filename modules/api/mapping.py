@@ -28,7 +28,8 @@ from modules.context import AppContext
 from modules.errors import UserError
 from modules.images import INFOTEXT_KEY, make_grid
 from modules.models.discovery import CheckpointInfo, HashCache
-from modules.processing.infotext import infotext_to_params, parse_infotext
+from modules.options import checked_changes
+from modules.processing.infotext import SETTING_FIELDS, infotext_to_params, parse_infotext
 from modules.processing.params import (
     INPAINT_AREAS,
     MASKED_CONTENT,
@@ -172,9 +173,11 @@ def apply_infotext(req: GenerationRequest) -> GenerationRequest:
         if name in values and name not in sent:
             update[name] = values[name]
     overrides = dict(req.override_settings or {})
-    if "clip_skip" in values and "CLIP_stop_at_last_layers" not in overrides:
-        overrides["CLIP_stop_at_last_layers"] = values["clip_skip"]
-        update["override_settings"] = overrides
+    from_infotext = {name: values[name] for name in SETTING_FIELDS if name in values}
+    if "clip_skip" in values:
+        from_infotext["CLIP_stop_at_last_layers"] = values["clip_skip"]
+    if any(key not in overrides for key in from_infotext):
+        update["override_settings"] = {**from_infotext, **overrides}
     return req.model_copy(update=update)
 
 
@@ -204,13 +207,16 @@ def _common(ctx: AppContext, req: GenerationRequest) -> dict[str, Any]:
     else:
         info = selected_checkpoint(ctx)
     clip_skip = overrides.get("CLIP_stop_at_last_layers", ctx.options.options.CLIP_stop_at_last_layers)
+    # Every override is checked here (unknown key or bad value: a 400 naming it, nothing runs); clients
+    # send null for "leave as it is".
+    settings = checked_changes({k: v for k, v in overrides.items() if v is not None})
     save = req.save_images and not req.do_not_save_samples
     return {
         "prompt": req.prompt, "negative_prompt": req.negative_prompt, "sampler": sampler,
         "schedule_type": schedule, "steps": req.steps, "cfg_scale": req.cfg_scale, "seed": req.seed,
         "subseed": req.subseed, "subseed_strength": req.subseed_strength, "width": req.width,
         "height": req.height, "batch_size": req.batch_size, "batch_count": req.n_iter, "clip_skip": clip_skip,
-        "checkpoint": info.name if info else None, "save": save,
+        "checkpoint": info.name if info else None, "save": save, "override_settings": settings,
         "save_grid": save and not req.do_not_save_grid and ctx.options.options.grid_save,
         **everyday_fields(req),
     }

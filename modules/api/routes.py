@@ -52,7 +52,8 @@ from modules.models.discovery import CheckpointInfo
 from modules.options import Options
 from modules.processing.infotext import parse_infotext
 from modules.processing.params import GenerationParams
-from modules.sampling.samplers import SCHEDULE_TYPES, list_samplers, validate_sampler
+from modules.sampling.samplers import list_samplers, validate_sampler
+from modules.sampling.schedule_types import SCHEDULES
 from modules.scripts.base import Script
 from modules.scripts.registry import run_script
 
@@ -248,9 +249,8 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
 
     @router.get("/schedulers", response_model=list[SchedulerItem])
     async def get_schedulers() -> list[SchedulerItem]:
-        return [SchedulerItem(name=label.lower(), label=label, aliases=None,
-                              default_rho=7.0 if label == "Karras" else -1.0,
-                              need_inner_model=label == "Uniform") for label in SCHEDULE_TYPES]
+        return [SchedulerItem(name=s.name, label=s.label, aliases=list(s.aliases) or None, default_rho=s.default_rho,
+                              need_inner_model=s.need_inner_model) for s in SCHEDULES]
 
     @router.get("/prompt-styles")
     def get_prompt_styles() -> list[dict[str, str]]:

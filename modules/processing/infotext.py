@@ -136,6 +136,11 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Batch pos": ("batch_pos", _int),
     "Eta": ("eta", _float),
     "ENSD": ("eta_noise_seed_delta", _int),
+    "SGM noise multiplier": ("sgm_noise_multiplier", _bool),
+    "Discard penultimate sigma": ("always_discard_next_to_last_sigma", _bool),
+    "Schedule rho": ("rho", _float),
+    "Beta schedule alpha": ("beta_dist_alpha", _float),
+    "Beta schedule beta": ("beta_dist_beta", _float),
     "Hires upscale": ("hr_scale", _float),
     "Hires steps": ("hr_second_pass_steps", _int),
     "Hires upscaler": ("hr_upscaler", _str),
@@ -147,6 +152,10 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Refiner switch at": ("refiner_switch_at", _float),
     "Mask blur": ("mask_blur", _int),
 }
+# Fields that record a setting rather than a request field: pasting or sending an infotext applies
+# them as that request's override_settings (A1111's infotext_to_setting_name_mapping).
+SETTING_FIELDS = ("eta_noise_seed_delta", "sgm_noise_multiplier", "always_discard_next_to_last_sigma", "rho",
+                  "beta_dist_alpha", "beta_dist_beta")
 _SIZES = {"Size": ("width", "height"), "Seed resize from": ("seed_resize_from_w", "seed_resize_from_h"),
           "Hires resize": ("hr_resize_x", "hr_resize_y")}
 

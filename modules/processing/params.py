@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from modules.controlnet.units import ControlUnit, validate_units
 from modules.errors import UserError
 from modules.sampling.samplers import validate_sampler
 
@@ -54,7 +55,11 @@ class GenerationParams:
     styles: tuple[str, ...] = ()  # names in styles.csv; applied to the prompts by AppContext.generate
     refiner_checkpoint: str | None = None  # a second checkpoint for the last steps (processing/refiner.py)
     refiner_switch_at: float = 0.8  # fraction of the steps after which the refiner takes over
+    controlnet_units: tuple[ControlUnit, ...] = ()  # modules/controlnet/units.py; applied by controlnet/apply.py
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # extension-owned values
+    # Settings for this request only (A1111's `override_settings`), applied over the saved options
+    # by AppContext.generate; keys are option names (modules/options.py).
+    override_settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def validate(self) -> GenerationParams:
         """Raise `UserError` naming the first bad value and what is allowed; return the canonical form."""
@@ -73,7 +78,8 @@ class GenerationParams:
         if self.refiner_checkpoint:
             _check_number("refiner switch at", self.refiner_switch_at, 0.0, 1.0)
         sampler, schedule = validate_sampler(self.sampler, self.schedule_type)
-        return replace(self, sampler=sampler, schedule_type=schedule, styles=tuple(self.styles))
+        return replace(self, sampler=sampler, schedule_type=schedule, styles=tuple(self.styles),
+                       controlnet_units=validate_units(self.controlnet_units))
 
     def with_size(self, width: int, height: int) -> GenerationParams:
         return replace(self, width=width, height=height)

@@ -33,8 +33,9 @@ from modules.processing.infotext import format_infotext
 from modules.processing.params import GenerationParams, Img2ImgParams, InpaintParams, OutpaintParams
 from modules.processing.preview import latent_preview
 from modules.processing.tiling import circular_padding
+from modules.sampling.k_schedulers import start_noise_scale
 from modules.sampling.noise import initial_noise, resolve_seed, step_generators
-from modules.sampling.samplers import make_scheduler, sampler_info, scheduler_step
+from modules.sampling.samplers import SamplerSettings, make_scheduler, sampler_info, scheduler_step
 from modules.text.conditioning import Conditioning, PromptEncoder, sdxl_time_ids
 from modules.text.prompt_parser import extract_lora_tags
 from modules.text.prompt_schedule import PromptSchedules, StepConditioning
@@ -81,6 +82,7 @@ class _Job:
     hr: hires.HiresPlan | None = None
     hires_prompts: PromptSchedules | None = None
     upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry)
+    sampling: SamplerSettings = field(default_factory=SamplerSettings)
 
 
 @dataclass
@@ -99,14 +101,16 @@ ImageHook = Callable[[Image.Image, str, GenerationParams], Image.Image | None]
 def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | None = None,
              control: GenerationControl | None = None, image_hooks: list[ImageHook] | None = None,
              lora_dir: Path | None = None, embeddings_dir: Path | None = None,
-             upscalers: UpscalerRegistry | None = None, filename_pattern: str = DEFAULT_PATTERN
-             ) -> GenerationResult:
+             upscalers: UpscalerRegistry | None = None, filename_pattern: str = DEFAULT_PATTERN,
+             sampling: SamplerSettings | None = None) -> GenerationResult:
     """Run one generation request; holds the device for its duration (requests queue on it).
 
     `<lora:NAME:WEIGHT>` tags load NAME from `lora_dir`, embeddings named in the prompts come from
-    `embeddings_dir`; both apply to this request only.
+    `embeddings_dir`; both apply to this request only. `sampling`: the sampler settings in force
+    (ENSD, SGM noise multiplier, ...), A1111's defaults when not given.
     """
     control = control or GenerationControl()
+    sampling = sampling or SamplerSettings()
     # 1. Check inputs: every user error surfaces here, before anything is computed or written.
     params = params.validate()
     upscalers = upscalers or UpscalerRegistry()
@@ -138,7 +142,7 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
         stack.enter_context(circular_padding(_conv_modules(model, refiner), params.tiling))
         encoder = PromptEncoder(model.arch.text_encoders, model.text_encoders, embeddings=networks.embeddings)
         # Prompts are the same for every batch: each text a prompt goes through is encoded once.
-        job = _Job(model=model, control=control, upscalers=upscalers, hr=hr,
+        job = _Job(model=model, control=control, upscalers=upscalers, hr=hr, sampling=sampling,
                    prompts=_schedules(encoder, params, params.prompt, params.negative_prompt), refiner=refiner)
         if hr is not None:
             job.hires_prompts = _schedules(encoder, params, hr.prompt, hr.negative_prompt)
@@ -146,7 +150,8 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
             job.refiner_prompts = job.prompts if refiner.model is model else _schedules(
                 PromptEncoder(refiner.model.arch.text_encoders, refiner.model.text_encoders), params,
                 params.prompt, params.negative_prompt)
-        extra_fields = {**hires.infotext_fields(params, hr), **(refiner.infotext_fields() if refiner else {})}
+        extra_fields = {**sampling.infotext_fields(params.sampler, params.schedule_type), **hires.infotext_fields(params, hr),
+                        **(refiner.infotext_fields() if refiner else {})}
         if params.tiling:
             extra_fields["Tiling"] = True
         result = GenerationResult(images=[], infotexts=[], seeds=[], params=params)
@@ -288,12 +293,13 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
     h, w = params.height // 8, params.width // 8
     batch = len(seeds)
     scheduler = make_scheduler(params.sampler, params.schedule_type, model.arch.scheduler_config,
-                               noise_seeds=seeds)
+                               noise_seeds=seeds, is_sdxl=model.arch.is_sdxl, settings=job.sampling)
     scheduler.set_timesteps(params.steps, device=device)
     timesteps = scheduler.timesteps
     noise = initial_noise(seeds, (4, h, w), device, torch.float32, subseeds=subseeds,
                           subseed_strength=params.subseed_strength)
-    generators = step_generators(seeds, (4, h, w)) if sampler_info(params.sampler).stochastic else None
+    generators = (step_generators(seeds, (4, h, w), job.sampling.eta_noise_seed_delta)
+                  if sampler_info(params.sampler).stochastic else None)
 
     init_latents = latent_mask = inpaint_extra = None
     if pixels.latents is not None:  # hires. fix: the upscaled first pass, one per image
@@ -326,7 +332,7 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
     if init_latents is not None and start > 0:
         latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
     else:
-        latents = noise * scheduler.init_noise_sigma
+        latents = noise * start_noise_scale(scheduler, job.sampling.sgm_noise_multiplier)
 
     # The models and their conditioning per step: prompt editing changes the text at given steps,
     # the refiner takes over the last steps of the first pass.

@@ -21,13 +21,14 @@ that implements the same solver, configured from the checkpoint's training noise
     UniPC         UniPCMultistepScheduler
     LCM           LCMScheduler (allowing more than 50 steps)
 
-Schedule types follow A1111 1.9+: "Automatic" is the sampler's own default (Karras for DPM++ 2M,
-DPM++ SDE, DPM++ 2S a, DPM2, DPM2 a; Exponential for DPM++ 2M SDE; the plain training schedule,
-"Uniform", for the others), "Uniform" the training sigmas spaced evenly in time (k-diffusion's
-`get_sigmas`), "Karras" and "Exponential" the k-diffusion sigma schedules. DDIM, PLMS and LCM
-have no Karras / Exponential option in diffusers: they take Automatic or Uniform (both their own
-evenly spaced timesteps), and `validate_sampler` refuses the others with a UserError instead of
-silently sampling with another schedule.
+Schedule types follow A1111 1.9+ (`schedules.py`): the samplers A1111 runs through k-diffusion
+(Euler a to DPM++ 2S a here) take all twelve, with A1111's sigmas and its fractional evaluation
+times (`k_schedulers.py`); "Automatic" is the sampler's own default (Karras for DPM++ 2M,
+DPM++ SDE, DPM++ 2S a, DPM2, DPM2 a; Exponential for DPM++ 2M SDE; Uniform, the training sigmas
+evenly spaced in time, for the others). DPM2 and DPM2 a compute one sigma more and drop the
+next-to-last, as A1111's `discard_next_to_last_sigma`. DDIM, PLMS and LCM keep their own timestep
+grids (Automatic or Uniform), UniPC diffusers' Uniform, Karras or Exponential; `validate_sampler`
+refuses the other types for them with a UserError instead of sampling with another schedule.
 """
 
 from __future__ import annotations
@@ -59,28 +60,9 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from modules.errors import UserError
-
-
-class EulerAncestralScheduler(EulerAncestralDiscreteScheduler):
-    """EulerAncestralDiscreteScheduler that also takes Karras / Exponential sigmas.
-
-    diffusers' ancestral Euler only spaces sigmas evenly in time, while A1111's "Euler a" takes
-    every schedule type. EulerDiscreteScheduler implements those schedules for the same training
-    schedule, so its sigmas and matching timesteps are used; the ancestral step only reads them.
-    The flags live in the config (registered by make_scheduler) so they show in `config`.
-    """
-
-    extra_schedule_flags = ("use_karras_sigmas", "use_exponential_sigmas")
-
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        super().set_timesteps(num_inference_steps, device)
-        flags = {flag: True for flag in self.extra_schedule_flags if self.config.get(flag)}
-        if flags:
-            plain = {k: v for k, v in self.config.items() if k in _init_params(EulerDiscreteScheduler)}
-            helper = EulerDiscreteScheduler(**{**plain, **flags})
-            helper.set_timesteps(num_inference_steps, device)
-            self.sigmas = helper.sigmas
-            self.timesteps = helper.timesteps
+from modules.sampling.k_schedulers import k_scheduler_class
+from modules.sampling.schedule_types import SCHEDULE_LABELS, SCHEDULES, find_schedule
+from modules.sampling.schedules import ScheduleSettings, training_sigmas
 
 
 class LCMAnyStepsScheduler(LCMScheduler):
@@ -106,15 +88,13 @@ class LCMAnyStepsScheduler(LCMScheduler):
         super().set_timesteps(num_inference_steps, device, original, timesteps, strength)
 
 
-# DPM++ SDE's Brownian tree is queried at sigma_min, which float32 rounding puts a hair below the
-# tree's start; torchsde warns on every such step although the result is the same.
-warnings.filterwarnings("ignore", message="Should have ta>=t0", module="torchsde")
+# DPM++ SDE's Brownian tree is queried at its end points, which float32 rounding puts a hair
+# outside the tree; torchsde warns on every such step although the result is the same.
+warnings.filterwarnings("ignore", message=r"Should have t[ab][<>]=t[01]", module="torchsde")
 
-SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", "Uniform", "Karras", "Exponential")
+SCHEDULE_TYPES: tuple[str, ...] = SCHEDULE_LABELS
 
-# The constructor flag that turns each non-uniform schedule on; a scheduler supports a schedule
-# type exactly when its constructor takes the flag (checked against the installed diffusers) or
-# a subclass here adds it (`extra_schedule_flags`).
+# Samplers outside k-diffusion use diffusers' own schedules: the constructor flag for each.
 _SCHEDULE_FLAGS = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas"}
 
 # SD 1.x / 2.x / SDXL all train with this schedule; used for keys the caller leaves out.
@@ -154,41 +134,51 @@ class _Recipe:
     aliases: tuple[str, ...]
     stochastic: bool
     automatic: str = "Uniform"
+    k_diffusion: bool = True  # sigmas and evaluation times as A1111's k-diffusion samplers
+    discard_penultimate: bool = False  # A1111's discard_next_to_last_sigma
+    uses_ensd: bool = False  # A1111 writes ENSD into the infotext for it (its step noise follows it)
 
+
+# k-diffusion's multistep solvers have no extra lower-order steps at the end (diffusers' default
+# for fewer than 15 steps); their last step is first order only when it goes to sigma 0.
+_K_MULTISTEP = (("lower_order_final", False), ("euler_at_final", False), ("final_sigmas_type", "zero"))
 
 _RECIPES: dict[str, _Recipe] = {
-    "Euler a": _Recipe(EulerAncestralScheduler, (*_K_STYLE.items(),),
-                       ("k_euler_a", "k_euler_ancestral", "euler_a", "euler_ancestral"), True),
+    "Euler a": _Recipe(EulerAncestralDiscreteScheduler, (*_K_STYLE.items(),),
+                       ("k_euler_a", "k_euler_ancestral", "euler_a", "euler_ancestral"), True, uses_ensd=True),
     "Euler": _Recipe(EulerDiscreteScheduler, (*_K_STYLE.items(),), ("k_euler",), False),
     "LMS": _Recipe(LMSDiscreteScheduler, (*_K_STYLE.items(),), ("k_lms",), False),
     "Heun": _Recipe(HeunDiscreteScheduler, (*_K_STYLE.items(),), ("k_heun",), False),
-    "DPM2": _Recipe(KDPM2DiscreteScheduler, (*_K_STYLE.items(),), ("k_dpm_2", "dpm_2"), False, "Karras"),
+    "DPM2": _Recipe(KDPM2DiscreteScheduler, (*_K_STYLE.items(),), ("k_dpm_2", "dpm_2"), False, "Karras",
+                    discard_penultimate=True),
     "DPM2 a": _Recipe(KDPM2AncestralDiscreteScheduler, (*_K_STYLE.items(),),
-                      ("k_dpm_2_a", "dpm_2_a", "dpm2_a"), True, "Karras"),
+                      ("k_dpm_2_a", "dpm_2_a", "dpm2_a"), True, "Karras", discard_penultimate=True, uses_ensd=True),
     "DPM++ 2M": _Recipe(
         DPMSolverMultistepScheduler,
-        (*_K_STYLE.items(), ("algorithm_type", "dpmsolver++"), ("solver_order", 2)),
+        (*_K_STYLE.items(), ("algorithm_type", "dpmsolver++"), ("solver_order", 2), *_K_MULTISTEP),
         ("k_dpmpp_2m", "dpmpp_2m"), False, "Karras"),
     "DPM++ SDE": _Recipe(DPMSolverSDEScheduler, (*_K_STYLE.items(),), ("k_dpmpp_sde", "dpmpp_sde"), True, "Karras"),
     "DPM++ 2M SDE": _Recipe(
         DPMSolverMultistepScheduler,
         (*_K_STYLE.items(), ("algorithm_type", "sde-dpmsolver++"), ("solver_order", 2),
-         ("solver_type", "midpoint")),
+         ("solver_type", "midpoint"), *_K_MULTISTEP),
         ("k_dpmpp_2m_sde", "dpmpp_2m_sde"), True, "Exponential"),
     # DPMSolverSinglestepScheduler has no timestep_spacing option: its own spacing is "trailing".
     "DPM++ 2S a": _Recipe(
         DPMSolverSinglestepScheduler,
         (("algorithm_type", "sde-dpmsolver++"), ("solver_order", 2), ("lower_order_final", True)),
-        ("k_dpmpp_2s_a", "dpmpp_2s_a", "dpmpp_2s_ancestral"), True, "Karras"),
-    "DDIM": _Recipe(DDIMScheduler, (*_COMPVIS_STYLE.items(), ("clip_sample", False)), ("ddim",), False),
-    "PLMS": _Recipe(PNDMScheduler, (*_COMPVIS_STYLE.items(), ("skip_prk_steps", True)), ("plms", "pndm"), False),
-    "UniPC": _Recipe(UniPCMultistepScheduler, (*_K_STYLE.items(),), ("unipc", "uni_pc"), False),
+        ("k_dpmpp_2s_a", "dpmpp_2s_a", "dpmpp_2s_ancestral"), True, "Karras", uses_ensd=True),
+    "DDIM": _Recipe(DDIMScheduler, (*_COMPVIS_STYLE.items(), ("clip_sample", False)), ("ddim",), False,
+                    k_diffusion=False),
+    "PLMS": _Recipe(PNDMScheduler, (*_COMPVIS_STYLE.items(), ("skip_prk_steps", True)), ("plms", "pndm"), False,
+                    k_diffusion=False),
+    "UniPC": _Recipe(UniPCMultistepScheduler, (*_K_STYLE.items(),), ("unipc", "uni_pc"), False, k_diffusion=False),
     # Values of the published LCM / LCM-LoRA scheduler configs.
     "LCM": _Recipe(
         LCMAnyStepsScheduler,
         (("timestep_spacing", "leading"), ("steps_offset", 1), ("set_alpha_to_one", True),
          ("clip_sample", False), ("original_inference_steps", 50), ("timestep_scaling", 10.0)),
-        ("k_lcm", "lcm"), True),
+        ("k_lcm", "lcm"), True, k_diffusion=False),
 }
 
 SAMPLER_NAMES: tuple[str, ...] = tuple(_RECIPES)
@@ -204,15 +194,11 @@ def _step_params(cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(cls.step).parameters)
 
 
-def _flags(cls: type) -> frozenset[str]:
-    # Constructor arguments, plus schedule flags a subclass here implements on top.
-    return _init_params(cls) | frozenset(getattr(cls, "extra_schedule_flags", ()))
-
-
 def _schedule_types(recipe: _Recipe) -> tuple[str, ...]:
-    params = _flags(recipe.cls)
-    supported = [s for s in SCHEDULE_TYPES if s not in _SCHEDULE_FLAGS or _SCHEDULE_FLAGS[s] in params]
-    return tuple(supported)
+    if recipe.k_diffusion:
+        return SCHEDULE_TYPES
+    params = _init_params(recipe.cls)
+    return ("Automatic", "Uniform", *(s for s, flag in _SCHEDULE_FLAGS.items() if flag in params))
 
 
 def _info(name: str) -> SamplerInfo:
@@ -241,11 +227,20 @@ _LOOKUP: dict[str, str] = {}
 for _name, _recipe in _RECIPES.items():
     for _alias in (_name, *_recipe.aliases):
         _LOOKUP[_key(_alias)] = _name
-_SCHEDULE_LOOKUP = {s.lower(): s for s in SCHEDULE_TYPES}
 
 
 def _unknown_sampler(name: str) -> UserError:
     return UserError(f"Unknown sampler {name!r}. Valid samplers: {', '.join(SAMPLER_NAMES)}.")
+
+
+def _split_old_name(name: str) -> tuple[str | None, str]:
+    for schedule in SCHEDULES[1:]:
+        for option in (schedule.label, schedule.name, *schedule.aliases):
+            if name.lower().endswith(" " + option.lower()):
+                canonical = _LOOKUP.get(_key(name[:-len(option) - 1]))
+                if canonical is not None:
+                    return canonical, schedule.label
+    return None, ""
 
 
 def validate_sampler(name: str, schedule_type: str = "Automatic") -> tuple[str, str]:
@@ -256,17 +251,15 @@ def validate_sampler(name: str, schedule_type: str = "Automatic") -> tuple[str, 
     """
     if not isinstance(name, str) or not name.strip():
         raise UserError(f"No sampler given. Valid samplers: {', '.join(SAMPLER_NAMES)}.")
-    schedule_in = (schedule_type or "Automatic").strip()
-    schedule = _SCHEDULE_LOOKUP.get(schedule_in.lower())
-    if schedule is None:
+    found = find_schedule(schedule_type or "Automatic")
+    if found is None:
         raise UserError(f"Unknown schedule type {schedule_type!r}. Valid schedule types: {', '.join(SCHEDULE_TYPES)}.")
+    schedule = found.label
 
     canonical = _LOOKUP.get(_key(name))
     if canonical is None:
-        # Old style "<sampler> Karras" / "<sampler> Exponential".
-        base, _, suffix = name.strip().rpartition(" ")
-        suffix_schedule = _SCHEDULE_LOOKUP.get(suffix.lower())
-        canonical = _LOOKUP.get(_key(base)) if base and suffix_schedule not in (None, "Automatic") else None
+        # Old style "<sampler> Karras", "<sampler> SGM Uniform", as A1111 splits them.
+        canonical, suffix_schedule = _split_old_name(name.strip())
         if canonical is None:
             raise _unknown_sampler(name)
         if schedule not in ("Automatic", suffix_schedule):
@@ -294,12 +287,45 @@ def _training_config(training_schedule: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
+@dataclass(frozen=True)
+class SamplerSettings:
+    """A1111's settings that change what a sampler does (its "Sampler parameters" page)."""
+
+    eta_noise_seed_delta: int = 0  # ENSD: step noise from generators seeded with seed + this
+    sgm_noise_multiplier: bool = False  # start at noise * sqrt(1 + sigma_0^2), as the SGM code
+    always_discard_next_to_last_sigma: bool = False
+    schedule: ScheduleSettings = ScheduleSettings()
+
+    def infotext_fields(self, sampler: str, schedule_type: str = "Automatic") -> dict[str, object]:
+        """The fields A1111 writes for these settings with `sampler` (only those in effect)."""
+        canonical, schedule = validate_sampler(sampler, schedule_type)
+        recipe = _RECIPES[canonical]
+        fields: dict[str, object] = {}
+        if self.eta_noise_seed_delta and recipe.uses_ensd:
+            fields["ENSD"] = self.eta_noise_seed_delta
+        if not recipe.k_diffusion:
+            return fields
+        if self.sgm_noise_multiplier:
+            fields["SGM noise multiplier"] = True
+        if self.always_discard_next_to_last_sigma and not recipe.discard_penultimate:
+            fields["Discard penultimate sigma"] = True
+        found = find_schedule(recipe.automatic if schedule == "Automatic" else schedule)
+        if found is not None and found.default_rho != -1 and self.schedule.rho:
+            fields["Schedule rho"] = self.schedule.rho
+        if found is not None and found.label == "Beta":
+            fields["Beta schedule alpha"] = self.schedule.beta_alpha
+            fields["Beta schedule beta"] = self.schedule.beta_beta
+        return fields
+
+
 def make_scheduler(
     name: str,
     schedule_type: str,
     training_schedule: Mapping[str, Any],
     *,
     noise_seeds: Sequence[int] | None = None,
+    is_sdxl: bool = False,
+    settings: SamplerSettings | None = None,
 ) -> SchedulerMixin:
     """A new scheduler for one run (schedulers keep per-run state, so never share one).
 
@@ -307,26 +333,33 @@ def make_scheduler(
     beta_schedule and prediction_type (missing keys get SD's values; other keys are ignored).
     `noise_seeds`: one seed per image of the batch for DPM++ SDE, whose Brownian-tree noise is
     seeded at construction (as A1111 seeds it with the image seeds) instead of by a generator
-    passed to `step`; without it that sampler's noise is random.
+    passed to `step`; without it that sampler's noise is random. `is_sdxl` picks the SDXL table of
+    Align Your Steps. After `set_timesteps(steps)`, k-diffusion samplers run on A1111's sigmas.
     """
+    settings = settings or SamplerSettings()
     canonical, schedule = validate_sampler(name, schedule_type)
     recipe = _RECIPES[canonical]
     if schedule == "Automatic":
         schedule = recipe.automatic
-    params = _init_params(recipe.cls)
-
     config = _training_config(training_schedule)
     config.update(recipe.options)
-    if schedule in _SCHEDULE_FLAGS:
-        config[_SCHEDULE_FLAGS[schedule]] = True
     if recipe.cls is DPMSolverSDEScheduler and noise_seeds is not None:
         seeds = [int(s) for s in noise_seeds]
         # A single int makes an unbatched tree; a list must match the batch size.
         config["noise_sampler_seed"] = seeds[0] if len(seeds) == 1 else seeds
-    scheduler = recipe.cls(**{k: v for k, v in config.items() if k in params})
-    extra = {k: v for k, v in config.items() if k not in params and k in _flags(recipe.cls)}
-    if extra:
-        scheduler.register_to_config(**extra)
+    if not recipe.k_diffusion:
+        if schedule in _SCHEDULE_FLAGS:
+            config[_SCHEDULE_FLAGS[schedule]] = True
+        return recipe.cls(**{k: v for k, v in config.items() if k in _init_params(recipe.cls)})
+
+    cls = k_scheduler_class(recipe.cls)
+    # The Karras path of each diffusers scheduler is the one that takes levels from outside
+    # (`KScheduleMixin._convert_to_karras` hands it the schedule's sigmas).
+    config["use_karras_sigmas"] = True
+    scheduler = cls(**{k: v for k, v in config.items() if k in _init_params(recipe.cls)})
+    scheduler.configure(training_sigmas(config, is_sdxl), schedule,
+                        recipe.discard_penultimate or settings.always_discard_next_to_last_sigma,
+                        settings.schedule)
     return scheduler
 
 

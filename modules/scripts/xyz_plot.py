@@ -20,6 +20,7 @@ from modules.processing.params import GenerationParams
 from modules.processing.run import GenerationResult
 from modules.sampling.noise import resolve_seed
 from modules.sampling.samplers import validate_sampler
+from modules.sampling.schedule_types import SCHEDULE_LABELS, find_schedule
 from modules.scripts.axis_values import parse_numbers, split_values
 from modules.scripts.base import Script, ScriptArg
 from modules.scripts.grid import labelled_grid
@@ -44,6 +45,16 @@ def _numbers(kind: type, label: str) -> Callable[[AppContext, GenerationParams, 
 
 def _samplers(ctx: AppContext, params: GenerationParams, text: str) -> list[str]:
     return [validate_sampler(name)[0] for name in split_values(text)]
+
+
+def _schedules(ctx: AppContext, params: GenerationParams, text: str) -> list[str]:
+    labels = []
+    for name in split_values(text):
+        found = find_schedule(name)
+        if found is None:
+            raise UserError(f"Schedule type: unknown {name!r}; known: {', '.join(SCHEDULE_LABELS)}.")
+        labels.append(found.label)
+    return labels
 
 
 def _checkpoints(ctx: AppContext, params: GenerationParams, text: str) -> list[str]:
@@ -75,6 +86,7 @@ AXIS_TYPES: dict[str, AxisType] = {t.label: t for t in (
     AxisType("Var. seed", _numbers(int, "Var. seed"), lambda p, v, vs: replace(p, subseed=v)),
     AxisType("Var. strength", _numbers(float, "Var. strength"), lambda p, v, vs: replace(p, subseed_strength=v)),
     AxisType("Denoising", _numbers(float, "Denoising"), lambda p, v, vs: replace(p, denoising_strength=v)),
+    AxisType("Schedule type", _schedules, lambda p, v, vs: replace(p, schedule_type=v)),
 )}
 MAX_CELLS = 400
 

@@ -72,6 +72,12 @@ def build_common(ctx: AppContext, mode: str, prompt: gr.Textbox,
                 label="Checkpoint", allow_custom_value=True, elem_id=f"{mode}_refiner_checkpoint")
             controls["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
                                                       elem_id=f"{mode}_refiner_switch_at")
+    # A1111's "Override settings": pasting an infotext that records a setting (ENSD, SGM noise
+    # multiplier, ...) puts it here, so the pasted parameters give the same picture.
+    controls["override_settings"] = gr.Textbox(
+        "", label="Override settings", elem_id=f"{mode}_override_settings", max_lines=3,
+        placeholder='{"eta_noise_seed_delta": 31337}',
+        info="settings for this generation only, as JSON; filled when pasting an infotext that records one")
     return controls
 
 

@@ -7,6 +7,7 @@ white = repaint) plus the mask options; outpaint takes a picture and the pixels 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from modules.errors import UserError
+from modules.options import checked_changes
 from modules.processing.params import (
     OUTPAINT_FILLS,
     GenerationParams,
@@ -104,8 +106,23 @@ def editor_image_and_mask(value: Mapping[str, Any] | None) -> tuple[Image.Image,
     return background.convert("RGB"), Image.fromarray((mask * 255).astype(np.uint8), mode="L")
 
 
+def override_settings(text: str | None) -> dict[str, Any]:
+    """The "Override settings" box: empty, or a JSON object of settings (checked)."""
+    if not text or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"Override settings is not valid JSON ({exc}); write e.g. "
+                        '{"eta_noise_seed_delta": 31337}, or clear the box.') from exc
+    if not isinstance(value, dict):
+        raise UserError('Override settings must be a JSON object, e.g. {"sgm_noise_multiplier": true}.')
+    return checked_changes(value)
+
+
 def make_params(mode: str, common: Mapping[str, Any], image: Any, extras: Mapping[str, Any]) -> GenerationParams:
     """The params for one Generate click; validation happens in `ctx.generate`."""
+    extras = {**extras, "override_settings": override_settings(extras.get("override_settings"))}
     if mode == "txt2img":
         return Txt2ImgParams(**common, **extras)  # hires. fix, tiling, styles, refiner
     if mode == "img2img":

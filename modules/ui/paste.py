@@ -6,13 +6,14 @@ that reads it back from saved files, so what a tab pastes is exactly what the im
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
-from modules.processing.infotext import infotext_to_params, parse_infotext
+from modules.processing.infotext import SETTING_FIELDS, infotext_to_params, parse_infotext
 from modules.sampling.samplers import SAMPLER_NAMES, SCHEDULE_TYPES
 from modules.ui.generation_tab import GenerationTab
 
@@ -45,9 +46,13 @@ def paste_values(tab: GenerationTab, infotext: str | None) -> dict[gr.components
         values.pop("sampler_name", None)
     if values.get("scheduler") not in SCHEDULE_TYPES:
         values.pop("scheduler", None)
+    settings = {name: values.pop(name) for name in SETTING_FIELDS if name in values}
     targets = tab.paste_fields()
-    return {targets[name]: value for name, value in values.items()
-            if name in targets and _fits(targets[name], value)}
+    pasted = {targets[name]: value for name, value in values.items()
+              if name in targets and _fits(targets[name], value)}
+    if "override_settings" in targets:  # what the infotext records, and nothing left from before
+        pasted[targets["override_settings"]] = json.dumps(settings) if settings else ""
+    return pasted
 
 
 def image_value(tab: GenerationTab, image: Image.Image) -> Any:
