@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import threading
 import time
@@ -209,7 +210,14 @@ def test_lists_a1111_clients_read(api: Any, server: ApiServer) -> None:
     samplers = {s["name"]: s for s in api.get_samplers()}
     assert "k_euler_a" in samplers["Euler a"]["aliases"]
     assert samplers["DPM++ 2M"]["options"] == {"scheduler": "karras"}
-    assert [s["label"] for s in api.get_schedulers()] == ["Automatic", "Uniform", "Karras", "Exponential"]
+    schedulers = api.get_schedulers()
+    assert [s["label"] for s in schedulers] == ["Automatic", "Uniform", "Karras", "Exponential", "Polyexponential",
+                                               "SGM Uniform", "KL Optimal", "Align Your Steps", "Simple", "Normal",
+                                               "DDIM", "Beta"]
+    by_label = {s["label"]: s for s in schedulers}
+    assert by_label["SGM Uniform"]["name"] == "sgm_uniform" and by_label["SGM Uniform"]["aliases"] == ["SGMUniform"]
+    assert by_label["Karras"]["default_rho"] == 7.0 and by_label["Polyexponential"]["default_rho"] == 1.0
+    assert by_label["Uniform"]["need_inner_model"] and not by_label["Karras"]["need_inner_model"]
     assert api.get_sd_vae() == []
     memory = api.get_memory()
     assert memory["ram"]["total"] > 0 and "cuda" in memory
@@ -291,6 +299,8 @@ def test_concurrent_requests_queue_and_all_complete(server: ApiServer) -> None:
     ({"override_settings": {"sd_model_checkpoint": "no-such-model"}}, 404, "Unknown checkpoint"),
     ({"sampler_name": "nope"}, 404, "Unknown sampler"),
     ({"scheduler": "sideways"}, 400, "schedule type"),
+    ({"override_settings": {"no_such_setting": 1}}, 400, "Unknown option(s) no_such_setting"),
+    ({"override_settings": {"eta_noise_seed_delta": "lots"}}, 400, "eta_noise_seed_delta must be a whole number"),
     ({"width": 100}, 400, "multiple of 8"),
     ({"batch_size": 1000}, 400, "batch size"),
     ({"steps": 0}, 400, "steps"),
@@ -302,6 +312,21 @@ def test_bad_txt2img_requests_get_4xx_with_a_reason(server: ApiServer, body: dic
     answer = requests.post(f"{server.api}/txt2img", json={**SMALL, **body}, timeout=60)
     assert answer.status_code == status, answer.text
     assert words.lower() in answer.json()["detail"].lower() and answer.json()["error"]
+
+
+def test_settings_from_override_and_infotext(server: ApiServer) -> None:
+    base = {**SMALL, "prompt": "x", "seed": 4, "sampler_name": "Euler a", "scheduler": "Align Your Steps"}
+    plain = requests.post(f"{server.api}/txt2img", json=base, timeout=120).json()
+    ensd = requests.post(f"{server.api}/txt2img", json={**base, "override_settings": {"eta_noise_seed_delta": 31337}},
+                         timeout=120).json()
+    text = json.loads(ensd["info"])["infotexts"][0]
+    assert "ENSD: 31337" in text and "Schedule type: Align Your Steps" in text
+    assert ensd["images"][0] != plain["images"][0]
+    # An infotext with ENSD gives ENSD's picture (A1111 applies it as an override for the request).
+    again = requests.post(f"{server.api}/txt2img", json={"infotext": text, "steps": SMALL["steps"]}, timeout=120).json()
+    assert again["images"][0] == ensd["images"][0]
+    # The setting was for those requests only.
+    assert requests.get(f"{server.api}/options", timeout=30).json()["eta_noise_seed_delta"] == 0
 
 
 def test_wrong_types_get_422(server: ApiServer) -> None:

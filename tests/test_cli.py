@@ -152,6 +152,11 @@ def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(files: dict[s
         (["txt2img", "--ckpt", "/nowhere/model.safetensors"], "Checkpoint file not found: /nowhere/model.safetensors"),
         (["txt2img", "--ckpt", "no-such-model"], "Unknown checkpoint 'no-such-model'"),
         (["txt2img", "--device", "tpu"], "Unknown --device 'tpu'"),
+        (["txt2img", "--override-settings", "no_such_setting=1"], "Unknown option(s) no_such_setting"),
+        (["txt2img", "--override-settings", "sgm_noise_multiplier=5"],
+         "Option sgm_noise_multiplier must be true or false, got 5"),
+        (["txt2img", "--override-settings", "sgm_noise_multiplier"], "write KEY=VALUE"),
+        (["txt2img", "--schedule-type", "Quadratic"], "Unknown schedule type 'Quadratic'"),
     ],
 )
 def test_bad_input_is_refused(webui_main, capsys: pytest.CaptureFixture[str], files: dict[str, Path],
@@ -166,6 +171,20 @@ def test_bad_input_is_refused(webui_main, capsys: pytest.CaptureFixture[str], fi
     assert out == ""
     _one_error_line(err, message)
     assert not list(tmp_path.rglob("*.png"))
+
+
+def test_override_settings_apply_to_the_run(webui_main, capsys: pytest.CaptureFixture[str],
+                                            files: dict[str, Path], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    args = ["txt2img", "--ckpt", str(files["ckpt"]), "--data-dir", str(data), "--sampler", "Euler a",
+            "--schedule-type", "SGM Uniform", "--seed", "3", *FAST]
+    assert webui_main([*args, "--override-settings", "eta_noise_seed_delta=31337",
+                       "--override-settings", "sgm_noise_multiplier=true"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    _, _, fields = _fields(path)
+    assert fields["eta_noise_seed_delta"] == 31337 and fields["sgm_noise_multiplier"] is True
+    assert fields["scheduler"] == "SGM Uniform"
+    assert not (data / "config.json").exists()  # for this run only: nothing saved
 
 
 def test_unreadable_init_image_names_the_file(webui_main, capsys: pytest.CaptureFixture[str],

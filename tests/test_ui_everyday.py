@@ -3,6 +3,8 @@ directly (the function the button calls, no browser), and paste filling them fro
 
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 import pytest
 
@@ -63,3 +65,27 @@ def test_apply_styles_writes_them_into_the_prompts(ctx: AppContext) -> None:
     assert apply_styles(ctx.styles, "a dot", "x", []) == ("a dot", "x", [])
     with pytest.raises(UserError, match="'Gone'"):
         apply_styles(ctx.styles, "a dot", "", ["Gone"])
+
+
+def test_override_settings_box_generates_and_is_filled_by_paste(ctx: AppContext) -> None:
+    with gr.Blocks() as demo:
+        tab = build_generation_tab(ctx, "txt2img", 64)
+    box = tab.extras["override_settings"]
+    (fn,) = [f for f in demo.fns.values() if f.api_name == "txt2img"]
+    data = {c: (c.value() if callable(c.value) else c.value) for c in fn.inputs}
+    data.update({tab.prompt: "a dot", tab.steps: 2, tab.width: 64, tab.height: 64, tab.sampler: "Euler a",
+                 box: '{"eta_noise_seed_delta": 31337, "sgm_noise_multiplier": true}'})
+    final = list(fn.fn(data))[-1]
+    text = next(v for v in final.values() if isinstance(v, dict) and v.get("seeds"))["infotexts"][0]
+    assert "ENSD: 31337" in text and "SGM noise multiplier: True" in text
+    assert ctx.options.options.eta_noise_seed_delta == 0  # for that generation only
+
+    pasted = paste_values(tab, text)
+    assert json.loads(pasted[box]) == {"eta_noise_seed_delta": 31337, "sgm_noise_multiplier": True}
+    assert pasted[tab.sampler] == "Euler a"
+    # An infotext without settings empties the box: nothing from before stays.
+    assert paste_values(tab, "a dot\nSteps: 2, Sampler: Euler, Seed: 1")[box] == ""
+
+    data[box] = '{"no_such_setting": 1}'
+    final = list(fn.fn(data))[-1]
+    assert any("Unknown option(s) no_such_setting" in str(v) for v in final.values())
