@@ -3,7 +3,7 @@
 A1111 runs most samplers through k-diffusion; here each name maps onto the diffusers scheduler
 that implements the same solver, configured from the checkpoint's training noise schedule:
 
-    Euler a       EulerAncestralDiscreteScheduler (+ Karras / Exponential sigmas, see below)
+    Euler a       EulerAncestralDiscreteScheduler
     Euler         EulerDiscreteScheduler
     LMS           LMSDiscreteScheduler
     Heun          HeunDiscreteScheduler
