@@ -90,12 +90,37 @@ def weights_device(policy: DevicePolicy) -> torch.device:
     return policy.offload_device if policy.offload != "none" else policy.device
 
 
-def decode(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """VAE decode of unscaled latents, in tiles when tiling is on or the latents are large.
+def decode(vae: torch.nn.Module, z: torch.Tensor, auto_precision: bool = True) -> torch.Tensor:
+    """VAE decode of unscaled latents (any dtype: cast to the VAE's), tiled when tiling is on or the
+    latents are large.
 
-    Always through `vae.decode` (diffusers runs it through accelerate's offloading hooks, and sends
-    it to `tiled_decode` itself when tiling is enabled and the latents exceed one tile).
+    `auto_precision` is A1111's "Automatically revert VAE to 32-bit floats" (`auto_vae_precision`,
+    on by default): when a VAE in fp16/bf16 decodes to NaN or inf (SDXL's original VAE overflows in
+    fp16), it is converted to fp32 for as long as its model stays loaded and the decode is redone from
+    `z` as given. Off, the reduced-precision result is returned as it is.
     """
+    dtype = vae_dtype(vae)
+    x = _decode(vae, z.to(dtype))
+    if not auto_precision or dtype == torch.float32 or bool(torch.isfinite(x).all()):
+        return x
+    log.warning("The VAE produced NaN/inf in %s; it is converted to 32-bit floats for this model and the "
+                "picture decoded again. --no-half-vae starts with a 32-bit VAE; the setting 'Automatically "
+                "revert VAE to 32-bit floats' switches this off.", str(dtype).removeprefix("torch."))
+    # `float()` rather than `to(torch.float32)`: the same cast without diffusers' warning about casting
+    # with `to()`. Under --lowvram the parameters are meta tensors; accelerate's hook casts the CPU copies
+    # it loads to the parameter's dtype, so they arrive in fp32 too.
+    vae.float()
+    return _decode(vae, z.float())
+
+
+def vae_dtype(vae: torch.nn.Module) -> torch.dtype:
+    """The dtype the VAE computes in (its parameters', meta tensors included)."""
+    return next(vae.parameters()).dtype
+
+
+def _decode(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    # Always through `vae.decode`: diffusers runs it through accelerate's offloading hooks, and sends
+    # it to `tiled_decode` itself when tiling is enabled and the latents exceed one tile.
     if getattr(vae, "use_tiling", True) or z.shape[-1] * z.shape[-2] <= AUTO_TILE_LATENT_PIXELS:
         return vae.decode(z).sample
     vae.enable_tiling()
