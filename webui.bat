@@ -3,7 +3,10 @@ rem Set up (first run) and start the web UI; settings come from webui-user.bat.
 cd /d "%~dp0"
 if not defined PYTHON set PYTHON=python
 if not defined VENV_DIR set VENV_DIR=%~dp0venv
-if not defined TORCH_COMMAND set TORCH_COMMAND=pip install torch==2.14.1 torchvision==0.29.1
+rem Checks the Python version and picks the PyTorch build: the CUDA build when an NVIDIA GPU is
+rem found (nvidia-smi), else the CPU build; a TORCH_COMMAND set in webui-user.bat wins.
+%PYTHON% scripts\torch_choice.py > "%TEMP%\sd-webui-torch-command.txt" || goto :error
+set /p TORCH_COMMAND=<"%TEMP%\sd-webui-torch-command.txt"
 
 if not exist "%VENV_DIR%\Scripts\python.exe" (
     echo Creating the virtual environment in %VENV_DIR%

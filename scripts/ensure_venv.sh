@@ -6,17 +6,21 @@
 # delete it to force a reinstall). TORCH_COMMAND runs with the venv's interpreter
 # ("python -m pip install ..."), so another CUDA build can be chosen.
 #
+# TORCH_COMMAND defaults to what scripts/torch_choice.py picks for this machine.
 # SKIP_INSTALL=1 uses VENV_DIR as it is and installs nothing: for a venv you manage yourself, e.g.
 # one shared by several checkouts (VENV_DIR=/path/to/venv SKIP_INSTALL=1 ./webui.sh).
 PYTHON="${PYTHON:-python3}"
 VENV_DIR="${VENV_DIR:-venv}"
-TORCH_COMMAND="${TORCH_COMMAND:-pip install torch==2.14.1 torchvision==0.29.1}"
 EXTRAS="${EXTRAS:-}"
 SKIP_INSTALL="${SKIP_INSTALL:-}"
 
 if [ -n "$SKIP_INSTALL" ] && [ ! -x "$VENV_DIR/bin/python" ]; then
     echo "SKIP_INSTALL is set but $VENV_DIR/bin/python does not exist: set VENV_DIR to your venv." >&2
     exit 1
+fi
+if [ -z "$SKIP_INSTALL" ]; then
+    # The Python version is checked and the PyTorch build chosen (a TORCH_COMMAND you set wins).
+    TORCH_COMMAND="$("$PYTHON" scripts/torch_choice.py)" || exit 1
 fi
 if [ ! -x "$VENV_DIR/bin/python" ]; then
     echo "Creating $VENV_DIR/ with $("$PYTHON" --version 2>&1)" >&2
