@@ -69,10 +69,24 @@ def file_state(model: ControlNetModel, info: ControlNetInfo, layout: str) -> dic
 
 def write_tiny_controlnet(folder: Path, kind: str, layout: str = "ldm_prefixed", stem: str | None = None,
                           seed: int = 0, suffix: str = ".safetensors", with_yaml: bool = False,
-                          dtype: torch.dtype | None = None) -> tuple[Path, ControlNetModel]:
-    """Write a tiny ControlNet file (+ a cldm `.yaml` beside it if asked); returns (path, the module)."""
+                          dtype: torch.dtype | None = None, gain: float = 1.0,
+                          hint_gain: float = 1.0) -> tuple[Path, ControlNetModel]:
+    """Write a tiny ControlNet file (+ a cldm `.yaml` beside it if asked); returns (path, the module).
+
+    Random weights steer the UNet only a little, and hardly by the hint (the hint encoder's default
+    init shrinks its input layer by layer to nothing but biases), while a test of how control is
+    applied wants an effect of the map well above rounding: `gain` multiplies the output
+    convolutions, `hint_gain` every weight of the hint encoder (3 makes its output depend on the
+    map about as much as on the latents).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     config, model = build_random_controlnet(kind, seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith(("controlnet_down_blocks.", "controlnet_mid_block.")):
+                p.mul_(gain)
+            elif name.startswith("controlnet_cond_embedding.") and name.endswith(".weight"):
+                p.mul_(hint_gain)
     path = folder / f"{stem or f'tiny-cn-{kind}-{layout}'}{suffix}"
     state = file_state(model, _info_for(config), layout)
     if dtype is not None:

@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from modules.controlnet.apply import ControlNets, request_controlnets, unit_inputs
+from modules.controlnet.registry import ControlNetRegistry
 from modules.devices import execution_device
 from modules.errors import UserError
 from modules.images import DEFAULT_PATTERN, make_grid, save_grid, save_image
@@ -83,6 +85,7 @@ class _Job:
     hires_prompts: PromptSchedules | None = None
     upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry)
     sampling: SamplerSettings = field(default_factory=SamplerSettings)
+    controlnets: ControlNets | None = None  # the request's ControlNet units, prepared (controlnet/apply.py)
 
 
 @dataclass
@@ -102,12 +105,14 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
              control: GenerationControl | None = None, image_hooks: list[ImageHook] | None = None,
              lora_dir: Path | None = None, embeddings_dir: Path | None = None,
              upscalers: UpscalerRegistry | None = None, filename_pattern: str = DEFAULT_PATTERN,
-             sampling: SamplerSettings | None = None) -> GenerationResult:
+             sampling: SamplerSettings | None = None, controlnets: ControlNetRegistry | None = None
+             ) -> GenerationResult:
     """Run one generation request; holds the device for its duration (requests queue on it).
 
     `<lora:NAME:WEIGHT>` tags load NAME from `lora_dir`, embeddings named in the prompts come from
     `embeddings_dir`; both apply to this request only. `sampling`: the sampler settings in force
-    (ENSD, SGM noise multiplier, ...), A1111's defaults when not given.
+    (ENSD, SGM noise multiplier, ...), A1111's defaults when not given. `controlnets`: where the
+    ControlNet models of `params.controlnet_units` are found (and kept loaded).
     """
     control = control or GenerationControl()
     sampling = sampling or SamplerSettings()
@@ -154,6 +159,12 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                         **(refiner.infotext_fields() if refiner else {})}
         if params.tiling:
             extra_fields["Tiling"] = True
+        # ControlNet: every unit's model loaded and checked and its map detected, once per request.
+        job.controlnets = request_controlnets(
+            params, controlnets, model, model_name, (hr.width, hr.height) if hr else None, seed,
+            unit_inputs(params, pixels.original, pixels.mask) if isinstance(params, OutpaintParams) else None)
+        if job.controlnets is not None:
+            extra_fields.update(job.controlnets.infotext_fields())
         result = GenerationResult(images=[], infotexts=[], seeds=[], params=params)
         control.begin(params.batch_count, params.steps)
         try:
@@ -362,8 +373,12 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
             x_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
             if inpaint_extra is not None:
                 x_in = torch.cat([x_in, inpaint_extra], dim=1)
-            out = stage.model.unet(x_in.to(dtype), t, encoder_hidden_states=context,
-                                   added_cond_kwargs=added).sample
+            x_in = x_in.to(dtype)
+            # ControlNet residuals for the main model's steps only (the refiner gets no control).
+            residuals = (job.controlnets.unet_kwargs(x_in, t, context, added, step_index, run_steps, second_pass)
+                         if job.controlnets is not None and stage is stages[0] else {})
+            out = stage.model.unet(x_in, t, encoder_hidden_states=context, added_cond_kwargs=added,
+                                   **residuals).sample
             out_uncond, out_cond = out.float().chunk(2)
             guided = out_uncond + params.cfg_scale * (out_cond - out_uncond)
             latents = scheduler_step(scheduler, guided, t, latents, generators)

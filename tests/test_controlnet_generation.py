@@ -1,0 +1,250 @@
+"""ControlNet units in generation, on tiny models (64 px, a few Euler steps).
+
+The reference for Balanced mode is diffusers' `StableDiffusionControlNetPipeline` run on the same
+UNet, VAE, ControlNet weights, start latents, prompt embeddings and sampler; the other two modes,
+the step window and the weight are checked against the rules of A1111's ControlNet extension
+(scripts/hook.py), written out here from its text, on the residuals the UNet actually receives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionControlNetPipeline
+from PIL import Image, ImageDraw
+
+from modules.controlnet.registry import ControlNetRegistry
+from modules.controlnet.units import ControlUnit
+from modules.errors import UserError
+from modules.models.discovery import HashCache
+from modules.models.registry import ModelRegistry
+from modules.processing.params import Txt2ImgParams
+from modules.processing.run import decode_latents, generate
+from modules.sampling.k_schedulers import start_noise_scale
+from modules.sampling.noise import initial_noise
+from modules.sampling.samplers import make_scheduler
+from tests.tiny_controlnets import write_tiny_controlnet
+from tests.tiny_models import CPU, write_tiny_checkpoint
+
+STEPS = 6
+SEED = 7
+SIZE = 64
+# Random ControlNet weights barely move the UNet and hardly see the map; stronger output
+# convolutions and hint encoder (tests/tiny_controlnets.py) make the map's effect far exceed the
+# 1/255 the comparison allows.
+GAIN, HINT_GAIN = 10.0, 3.0
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("controlnet-generation")
+    write_tiny_checkpoint(root / "sd", "sd1", stem="tiny")
+    _, net = write_tiny_controlnet(root / "cn", "sd1", "ldm_prefixed", stem="cn-sd1", gain=GAIN,
+                                  hint_gain=HINT_GAIN)
+    write_tiny_controlnet(root / "cn", "sdxl", "diffusers", stem="cn-sdxl")
+    registry = ModelRegistry([root / "sd"], [], CPU, HashCache(None))
+    return SimpleNamespace(registry=registry, controlnets=ControlNetRegistry([root / "cn"]), net=net,
+                           model=registry.load("tiny"))
+
+
+def square_map(left: int = 16, top: int = 16, side: int = 24) -> Image.Image:
+    image = Image.new("RGB", (SIZE, SIZE))
+    ImageDraw.Draw(image).rectangle([left, top, left + side - 1, top + side - 1], fill="white")
+    return image
+
+
+def unit(**kw: object) -> ControlUnit:
+    settings: dict[str, object] = {"enabled": True, "module": "none", "model": "cn-sd1", "image": square_map()}
+    settings.update(kw)
+    return ControlUnit(**settings)  # type: ignore[arg-type]
+
+
+def run(env: SimpleNamespace, *units: ControlUnit, steps: int = STEPS) -> tuple[np.ndarray, list[dict]]:
+    """The product's txt2img picture and, per UNet call, what the UNet received."""
+    calls: list[dict] = []
+
+    def spy(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        calls.append({"x": args[0].clone(), "t": args[1], "context": kwargs["encoder_hidden_states"].clone(),
+                      "down": kwargs.get("down_block_additional_residuals"),
+                      "mid": kwargs.get("mid_block_additional_residual")})
+
+    handle = env.model.unet.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        params = Txt2ImgParams(prompt="a red circle", sampler="Euler", schedule_type="Automatic", steps=steps,
+                               cfg_scale=7.0, seed=SEED, width=SIZE, height=SIZE, save=False, checkpoint="tiny",
+                               controlnet_units=tuple(units))
+        result = generate(params, env.registry, controlnets=env.controlnets)
+    finally:
+        handle.remove()
+    return np.asarray(result.images[0], dtype=np.int16), calls
+
+
+def diffusers_image(env: SimpleNamespace, context: torch.Tensor, scale: float, start: float, end: float,
+                    steps: int = STEPS) -> np.ndarray:
+    """diffusers' ControlNet pipeline on the product's modules, sampler, start latents and prompts."""
+    model = env.model
+    reference = make_scheduler("Euler", "Automatic", model.arch.scheduler_config)
+    reference.set_timesteps(steps)
+    start_latents = initial_noise([SEED], (4, SIZE // 8, SIZE // 8), torch.device("cpu"), torch.float32)
+    start_latents = start_latents * start_noise_scale(reference)
+    pipe = StableDiffusionControlNetPipeline(
+        vae=model.vae, text_encoder=None, tokenizer=None, unet=model.unet, controlnet=env.net,
+        scheduler=make_scheduler("Euler", "Automatic", model.arch.scheduler_config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt_embeds=context[1:2], negative_prompt_embeds=context[0:1], image=square_map(), height=SIZE,
+               width=SIZE, num_inference_steps=steps, guidance_scale=7.0,
+               latents=start_latents / reference.init_noise_sigma, controlnet_conditioning_scale=scale,
+               control_guidance_start=start, control_guidance_end=end, output_type="latent")
+    return np.asarray(decode_latents(model, out.images)[0], dtype=np.int16)
+
+
+def extension_window(steps: int, start: float, end: float) -> list[int]:
+    """Steps a unit acts on, by the extension's rule as A1111 feeds it.
+
+    A1111 sets `state.sampling_step` in the sampler callback after each step (0 at launch), and the
+    extension reads it before the model call: fraction = that / steps, off when < start or > end.
+    """
+    active, sampling_step = [], 0
+    for i in range(steps):
+        fraction = sampling_step / steps
+        if not (fraction < start or fraction > end):
+            active.append(i)
+        sampling_step = i  # the callback after step i
+    return active
+
+
+def test_balanced_txt2img_equals_diffusers_controlnet_pipeline(env: SimpleNamespace) -> None:
+    plain, _ = run(env)
+    image, calls = run(env, unit())
+    assert all(c["down"] is not None and len(c["down"]) == 12 and c["mid"] is not None for c in calls)
+    expected = diffusers_image(env, calls[0]["context"], 1.0, 0.0, 1.0)
+    assert np.abs(image - expected).max() <= 1
+    # The control is far above that tolerance: the comparison is not of two near-plain pictures.
+    assert np.abs(image - plain).mean() > 5 and np.abs(image - plain).max() > 40
+
+
+def test_weight_and_guidance_window_equal_diffusers(env: SimpleNamespace) -> None:
+    start, end = 0.3, 0.6
+    active = extension_window(STEPS, start, end)
+    assert active == [3, 4]  # fractions 0, 0, 1/6, 2/6, 3/6, 4/6
+    image, calls = run(env, unit(weight=0.5, guidance_start=start, guidance_end=end))
+    assert [i for i, c in enumerate(calls) if c["down"] is not None] == active
+    # diffusers keeps step i when i/n >= s and (i+1)/n <= e: these bounds give the same steps.
+    ref_start, ref_end = active[0] / STEPS, (active[-1] + 1) / STEPS
+    assert [i for i in range(STEPS) if not (i / STEPS < ref_start or (i + 1) / STEPS > ref_end)] == active
+    expected = diffusers_image(env, calls[0]["context"], 0.5, ref_start, ref_end)
+    assert np.abs(image - expected).max() <= 1
+    full, _ = run(env, unit(weight=0.5))
+    assert np.abs(image - full).max() > 10  # the window matters
+
+
+def raw_outputs(env: SimpleNamespace, call: dict) -> list[torch.Tensor]:
+    hint = torch.from_numpy(np.asarray(square_map(), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        down, mid = env.net(call["x"], call["t"], encoder_hidden_states=call["context"], controlnet_cond=hint,
+                            return_dict=False)
+    return [*down, mid]
+
+
+@pytest.mark.parametrize("mode", ["My prompt is more important", "ControlNet is more important"])
+def test_soft_modes_follow_the_extension(env: SimpleNamespace, mode: str) -> None:
+    weight = 0.8
+    _, calls = run(env, unit(weight=weight, control_mode=mode), steps=2)
+    for call in calls:
+        got = [*call["down"], call["mid"]]
+        outputs = raw_outputs(env, call)
+        assert len(got) == len(outputs) == 13
+        for i, (g, raw) in enumerate(zip(got, outputs, strict=True)):
+            # Output i (0 = first skip connection, 12 = middle block) times weight * 0.825^(12 - i).
+            want = raw * (weight * 0.825 ** (12 - i))
+            if mode == "ControlNet is more important":
+                want = torch.cat([torch.zeros_like(want[:1]), want[1:]])  # batch is [uncond, cond]
+                assert torch.count_nonzero(g[0]) == 0
+            torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-6)
+
+
+def test_two_units_sum(env: SimpleNamespace) -> None:
+    second = square_map(left=30, top=8, side=20)
+    _, calls = run(env, unit(weight=0.7), unit(weight=1.3, image=second, control_mode="My prompt is more important"),
+                   steps=1)
+    call = calls[0]
+    hint2 = torch.from_numpy(np.asarray(second, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        down2, mid2 = env.net(call["x"], call["t"], encoder_hidden_states=call["context"], controlnet_cond=hint2,
+                              return_dict=False)
+    first = raw_outputs(env, call)
+    for i, (g, a, b) in enumerate(zip([*call["down"], call["mid"]], first, [*down2, mid2], strict=True)):
+        torch.testing.assert_close(g, b * (1.3 * 0.825 ** (12 - i)) + a * 0.7, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_zero_and_empty_window_give_the_plain_image(env: SimpleNamespace) -> None:
+    plain, _ = run(env)
+    # Windows no step falls in: the fractions seen are 0, 0, 1/6, ..., 4/6.
+    assert extension_window(STEPS, 1.0, 1.0) == extension_window(STEPS, 0.55, 0.6) == []
+    for settings in ({"weight": 0.0}, {"guidance_start": 1.0, "guidance_end": 1.0},
+                     {"guidance_start": 0.55, "guidance_end": 0.6}):
+        image, calls = run(env, unit(**settings))
+        assert all(c["down"] is None and c["mid"] is None for c in calls), settings
+        assert np.array_equal(image, plain), settings
+
+
+def test_sdxl_controlnet_with_sd1_checkpoint_is_refused(env: SimpleNamespace) -> None:
+    with pytest.raises(UserError, match=r"(?s)cn-sdxl.*SDXL.*'tiny'.*SD 1"):
+        run(env, unit(model="cn-sdxl"))
+
+
+def test_unknown_model_and_bad_settings_name_the_field(env: SimpleNamespace) -> None:
+    with pytest.raises(UserError, match="unknown ControlNet model 'nope'"):
+        run(env, unit(model="nope"))
+    cases = [({"weight": 5}, "weight"), ({"guidance_start": 0.8, "guidance_end": 0.2}, "guidance_start"),
+             ({"control_mode": "Louder"}, "control_mode"), ({"resize_mode": "Stretch"}, "resize_mode"),
+             ({"hr_option": 7}, "hr_option"), ({"model": "None"}, "no ControlNet model")]
+    for settings, field in cases:
+        with pytest.raises(UserError, match=f"ControlNet unit 0: .*{field}|ControlNet unit 0: {field}"):
+            Txt2ImgParams(controlnet_units=(unit(**settings),)).validate()
+    with pytest.raises(UserError, match="at most 3"):
+        Txt2ImgParams(controlnet_units=(unit(),) * 4).validate()
+
+
+def test_a_square_map_moves_the_output(env: SimpleNamespace) -> None:
+    """Moving the square in the map moves the change it makes (a random model: a sanity check)."""
+    plain, _ = run(env)
+    left, _ = run(env, unit(image=square_map(left=4, top=20, side=20)))
+    right, _ = run(env, unit(image=square_map(left=40, top=20, side=20)))
+    change = np.abs(left - right).sum(axis=2)
+    squares = np.zeros((SIZE, SIZE), dtype=bool)
+    squares[20:40, 4:24] = squares[20:40, 40:60] = True
+    assert change[squares].mean() > 1.2 * change[~squares].mean()
+
+    def centre_x(difference: np.ndarray) -> float:
+        weight = difference.sum(axis=2).astype(np.float64)
+        return float((weight * np.arange(SIZE)[None, :]).sum() / weight.sum())
+
+    assert centre_x(np.abs(left - plain)) + 2 < centre_x(np.abs(right - plain))
+
+
+def test_infotext_field_per_enabled_unit(env: SimpleNamespace, tmp_path: Path) -> None:
+    from modules.controlnet.infotext import units_from_fields
+    from modules.processing.infotext import parse_infotext
+
+    params = Txt2ImgParams(prompt="a red circle", sampler="Euler", steps=1, seed=SEED, width=SIZE, height=SIZE,
+                           save=False, checkpoint="tiny",
+                           controlnet_units=(ControlUnit(), unit(module="canny", pixel_perfect=True,
+                                                                 guidance_end=0.75)))
+    text = generate(params, env.registry, controlnets=env.controlnets).infotexts[0]
+    title = env.controlnets.find("cn-sd1").title()
+    expected = (f'ControlNet 0: "Module: canny, Model: {title}, Weight: 1.0, Resize Mode: Crop and Resize, '
+                "Processor Res: 512, Threshold A: 100.0, Threshold B: 200.0, Guidance Start: 0.0, "
+                'Guidance End: 0.75, Pixel Perfect: True, Control Mode: Balanced"')
+    assert expected in text and "ControlNet 1" not in text
+    units = units_from_fields(parse_infotext(text)[2])
+    assert units == [{"enabled": True, "module": "canny", "model": title, "weight": 1.0,
+                      "resize_mode": "Crop and Resize", "processor_res": 512, "threshold_a": 100.0,
+                      "threshold_b": 200.0, "guidance_start": 0.0, "guidance_end": 0.75, "pixel_perfect": True,
+                      "control_mode": "Balanced"}]
+    assert ControlUnit(**{**units[0], "image": square_map()}).validate().model == title
