@@ -12,7 +12,7 @@ Geometry conventions, shared with the judge: continuous image coordinates with p
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
@@ -75,6 +75,8 @@ CAPTION_FORMS: dict[str, float] = {"full": 0.50, "article": 0.14, "bare": 0.12, 
                                    "shape": 0.07, "shape_bg": 0.07}
 
 RGB = tuple[int, int, int]
+# Draws (cx, cy, radius, angle) for a shape in a picture of the given side; `random_placement` by default.
+PlacementFn = Callable[[np.random.Generator, int, str], tuple[float, float, float, float]]
 
 
 def _article(word: str) -> str:
@@ -285,9 +287,12 @@ def _pick_pair(rng: np.random.Generator, split: str, shapes: Sequence[str]) -> t
 
 def make_sample(
     rng: np.random.Generator, size: int = 128, split: str = "train", shapes: Sequence[str] = SHAPES,
-    radius_range: tuple[float, float] = RADIUS_RANGE,
+    radius_range: tuple[float, float] = RADIUS_RANGE, placement: PlacementFn | None = None,
 ) -> Sample:
-    """One random picture and caption; the whole result depends only on the state of `rng`."""
+    """One random picture and caption; the whole result depends only on the state of `rng`.
+
+    `placement` replaces the default draw of place, size and angle (`random_placement` with
+    `radius_range`), e.g. to keep some places out of a training set; the rest is drawn as always."""
     _check_split_and_shapes(split, shapes)
     forms = list(CAPTION_FORMS)
     form = forms[int(rng.choice(len(forms), p=list(CAPTION_FORMS.values())))]
@@ -300,9 +305,9 @@ def make_sample(
     fg, shape = _pick_pair(rng, split, shapes)
     others = [c for c in COLOURS if c != fg]
     bg = others[int(rng.integers(len(others)))]
-    placement = random_placement(rng, size, shape, radius_range)
-    image = draw_shape(shape, fg, bg, size, *placement)
-    return Sample(image, caption_for(fg, shape, bg, form), shape, fg, bg, placement)
+    where = placement(rng, size, shape) if placement else random_placement(rng, size, shape, radius_range)
+    image = draw_shape(shape, fg, bg, size, *where)
+    return Sample(image, caption_for(fg, shape, bg, form), shape, fg, bg, where)
 
 
 def iterate_dataset(
