@@ -19,6 +19,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from modules.controlnet.infotext import units_from_fields
+
 # A1111's pattern: a key starts with a word character and may hold spaces, '-' and '/';
 # a value is a JSON string or anything up to the next comma.
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -179,6 +181,7 @@ def infotext_to_params(fields: Mapping[str, str]) -> dict[str, Any]:
     Known keys become A1111 API names with typed values (Steps -> steps: int, CFG scale ->
     cfg_scale: float, Size -> width, height ...); unknown keys and values that do not parse
     (another tool's or a newer A1111's fields) are left out, as A1111's paste ignores them.
+    `ControlNet N` fields become `controlnet_units`, one settings dict per unit, in N's order.
     """
     params: dict[str, Any] = {}
     for key, value in fields.items():
@@ -196,4 +199,7 @@ def infotext_to_params(fields: Mapping[str, str]) -> dict[str, Any]:
         _split_sampler(params)
     if "hr_scale" in params or "hr_resize_x" in params:  # A1111 writes these only with hires. fix on
         params["enable_hr"] = True
+    units = units_from_fields(fields)  # "ControlNet N" fields, as the ControlNet extension writes them
+    if units:
+        params["controlnet_units"] = units  # one dict per unit, keyed by ControlUnit's field names
     return params
