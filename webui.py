@@ -71,6 +71,8 @@ def add_global_flags(parser: argparse.ArgumentParser, suppress: bool = False) ->
     add("--ckpt", metavar="PATH_OR_NAME", default=None,
         help="checkpoint to load first: a .safetensors/.ckpt file path, or the name of one in models/Stable-diffusion")
     add("--ckpt-dir", type=Path, default=None, help="extra folder to look for checkpoints in")
+    add("--controlnet-dir", type=Path, default=None,
+        help="extra folder to look for ControlNet models in (besides models/ControlNet)")
     add("--data-dir", type=Path, default=None,
         help="folder for user data (models/, outputs/, config.json); default: the program folder")
     add("--outdir", type=Path, default=None,
@@ -158,7 +160,10 @@ def create_context(args: argparse.Namespace) -> AppContext:
         raise UserError(f"--ckpt-dir {args.ckpt_dir} is not a folder.")
     if args.data_dir is not None and args.data_dir.exists() and not args.data_dir.is_dir():
         raise UserError(f"--data-dir {args.data_dir} is not a folder.")
-    paths = Paths.make(args.data_dir, args.ckpt_dir, args.outdir)
+    controlnet_dir = getattr(args, "controlnet_dir", None)
+    if controlnet_dir is not None and not controlnet_dir.is_dir():
+        raise UserError(f"--controlnet-dir {controlnet_dir} is not a folder.")
+    paths = Paths.make(args.data_dir, args.ckpt_dir, args.outdir, controlnet_dir)
     policy = DevicePolicy.from_flags(args.device, args.precision, args.no_half, args.no_half_vae,
                                      args.medvram, args.lowvram, compile=args.compile,
                                      vae_tiling=getattr(args, "vae_tiling", False))

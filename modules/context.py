@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from modules.controlnet.discovery import controlnet_dirs
+from modules.controlnet.registry import ControlNetRegistry
 from modules.devices import DevicePolicy
 from modules.models.discovery import HashCache
 from modules.models.registry import ModelRegistry
@@ -33,16 +35,32 @@ class Paths:
     data_dir: Path
     ckpt_dirs: tuple[Path, ...]
     outdir: Path
+    controlnet_extra_dir: Path | None = None  # --controlnet-dir
 
     @classmethod
-    def make(cls, data_dir: Path | None = None, ckpt_dir: Path | None = None, outdir: Path | None = None) -> Paths:
+    def make(cls, data_dir: Path | None = None, ckpt_dir: Path | None = None, outdir: Path | None = None,
+             controlnet_dir: Path | None = None) -> Paths:
         data = (data_dir or ROOT).resolve()
         dirs = [data / "models" / "Stable-diffusion"]
         if data != ROOT:  # the embedded default model ships in the code folder
             dirs.append(ROOT / "models" / "Stable-diffusion")
         if ckpt_dir:
             dirs.insert(0, ckpt_dir.resolve())
-        return cls(data_dir=data, ckpt_dirs=tuple(dirs), outdir=(outdir or data / "outputs").resolve())
+        return cls(data_dir=data, ckpt_dirs=tuple(dirs), outdir=(outdir or data / "outputs").resolve(),
+                   controlnet_extra_dir=controlnet_dir.resolve() if controlnet_dir else None)
+
+    @property
+    def controlnet_dir(self) -> Path:
+        """models/ControlNet in the data folder (its `annotators/` holds the preprocessors' weights)."""
+        return self.data_dir / "models" / "ControlNet"
+
+    @property
+    def controlnet_dirs(self) -> tuple[Path, ...]:
+        """Every folder ControlNet files are looked for in: --controlnet-dir, the data folder's, and the
+        code folder's, where the embedded default model's ControlNet ships."""
+        dirs = controlnet_dirs(self.data_dir, self.controlnet_extra_dir)
+        shipped = ROOT / "models" / "ControlNet"
+        return tuple(dirs if shipped in dirs else [*dirs, shipped])
 
     @property
     def vae_dir(self) -> Path:
@@ -88,6 +106,7 @@ class AppContext:
     image_hooks: list[ImageHook] = field(default_factory=list)
     styles: StyleStore = field(default_factory=StyleStore)  # styles.csv in the data folder
     upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry)
+    controlnets: ControlNetRegistry = field(default_factory=lambda: ControlNetRegistry([]))
 
     @classmethod
     def create(cls, paths: Paths, policy: DevicePolicy) -> AppContext:
@@ -98,7 +117,8 @@ class AppContext:
         upscalers = UpscalerRegistry(list(paths.upscaler_dirs), policy.device,
                                      policy.dtype if policy.device.type == "cuda" else torch.float32)
         return cls(paths=paths, policy=policy, options=options, registry=registry, control=control,
-                   upscalers=upscalers, styles=StyleStore(paths.styles_file))
+                   upscalers=upscalers, styles=StyleStore(paths.styles_file),
+                   controlnets=ControlNetRegistry(list(paths.controlnet_dirs)))
 
     @property
     def outdir(self) -> Path:
@@ -113,7 +133,7 @@ class AppContext:
         return generate(self.styles.apply_to(params), self.registry, self.outdir, self.control, self.image_hooks,
                         lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,
                         upscalers=self.upscalers, filename_pattern=options.samples_filename_pattern,
-                        sampling=sampler_settings(options))
+                        sampling=sampler_settings(options), controlnets=self.controlnets)
 
 
 def sampler_settings(options: Options) -> SamplerSettings:

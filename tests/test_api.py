@@ -305,7 +305,7 @@ def test_concurrent_requests_queue_and_all_complete(server: ApiServer) -> None:
     ({"batch_size": 1000}, 400, "batch size"),
     ({"steps": 0}, 400, "steps"),
     ({"script_name": "no such script"}, 422, "Script not found"),
-    ({"alwayson_scripts": {"ControlNet": {"args": []}}}, 422, "ControlNet"),
+    ({"alwayson_scripts": {"ADetailer": {"args": []}}}, 422, "ADetailer"),
 ])
 def test_bad_txt2img_requests_get_4xx_with_a_reason(server: ApiServer, body: dict[str, Any], status: int,
                                                      words: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from modules.api.controlnet import split_scripts, units_from_request
 from modules.api.models import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from modules.context import AppContext
 from modules.errors import UserError
@@ -195,11 +196,13 @@ def _common(ctx: AppContext, req: GenerationRequest) -> dict[str, Any]:
     for flag in _IGNORED_FLAGS:
         if getattr(req, flag, None):
             log.warning("API request asks for %s, which this program does not implement; ignored.", flag)
-    if req.alwayson_scripts:
-        # A1111 refuses always-on scripts it does not have (ControlNet, ADetailer, ...) the same way:
-        # answering with a picture made without them would look like success.
-        names = ", ".join(map(repr, req.alwayson_scripts))
-        raise ApiError(422, f"always on script {names} not found: this server has no always-on scripts.")
+    controlnet, unknown = split_scripts(req.alwayson_scripts)
+    if unknown:
+        # A1111 refuses always-on scripts it does not have (ADetailer, ...) the same way: answering
+        # with a picture made without them would look like success.
+        names = ", ".join(map(repr, unknown))
+        raise ApiError(422, f"always on script {names} not found: the only always-on script here is ControlNet.")
+    units = units_from_request(controlnet, ctx.controlnets, decode_image) if controlnet is not None else ()
     sampler, schedule = _sampler(req)
     overrides = req.override_settings or {}
     if "sd_model_checkpoint" in overrides and overrides["sd_model_checkpoint"]:
@@ -218,7 +221,7 @@ def _common(ctx: AppContext, req: GenerationRequest) -> dict[str, Any]:
         "height": req.height, "batch_size": req.batch_size, "batch_count": req.n_iter, "clip_skip": clip_skip,
         "checkpoint": info.name if info else None, "save": save, "override_settings": settings,
         "save_grid": save and not req.do_not_save_grid and ctx.options.options.grid_save,
-        **everyday_fields(req),
+        "controlnet_units": units, **everyday_fields(req),
     }
 
 
