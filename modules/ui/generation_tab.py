@@ -18,6 +18,7 @@ from modules.processing.params import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_STEPS
 from modules.sampling.samplers import SCHEDULE_TYPES, list_samplers, sampler_info
 from modules.ui import everyday, modes
 from modules.ui.common import build_seed_row, error_html, loaded_native_size
+from modules.ui.controlnet_ui import ControlNetPanel, build_controlnet
 from modules.ui.hooks import ScriptControls, ScriptHook, apply_scripts
 from modules.ui.networks import build_networks_panel
 from modules.ui.progress import ProgressOutputs, run_with_progress
@@ -49,6 +50,7 @@ class GenerationTab:
     skip: gr.Button
     outputs: ProgressOutputs
     send_to: dict[str, gr.Button] = field(default_factory=dict)  # target mode -> button
+    controlnet: ControlNetPanel | None = None  # the ControlNet accordion's units (modules/ui/controlnet_ui.py)
 
     def page_defaults(self, ctx: AppContext) -> dict[gr.components.Component, Any]:
         """Values a newly opened page starts from: the Settings defaults (and, for txt2img, the
@@ -132,6 +134,7 @@ def build_generation_tab(ctx: AppContext, mode: str, default_size: int,
             if mode == "txt2img":
                 extras.update(everyday.build_hires(ctx))
             extras.update(everyday.build_common(ctx, mode, prompt, negative))
+            controlnet = build_controlnet(ctx, mode, width, height)
             script_controls = _build_scripts(mode, scripts)
             script_selector = build_script_selector(ctx, mode)
 
@@ -156,7 +159,7 @@ def build_generation_tab(ctx: AppContext, mode: str, default_size: int,
                         schedule_type=schedule, steps=steps, cfg_scale=cfg, seed=seed_row.seed, width=width,
                         height=height, batch_size=batch_size, batch_count=batch_count, image=image,
                         extras=extras, generate=generate, interrupt=interrupt, skip=skip, outputs=out,
-                        send_to=send_to)
+                        send_to=send_to, controlnet=controlnet)
     _wire(ctx, tab, script_controls, seed_row.reuse, script_selector)
     return tab
 
@@ -182,6 +185,8 @@ def _wire(ctx: AppContext, tab: GenerationTab, scripts: list[ScriptControls], re
     inputs = {*common.values(), *tab.extras.values(), *(c for s in scripts for c in s.inputs), *selector.inputs}
     if tab.image is not None:
         inputs.add(tab.image)
+    if tab.controlnet is not None:
+        inputs.update(tab.controlnet.inputs)
 
     def on_generate(data: dict[Any, Any]) -> Iterator[dict[Any, Any]]:
         def make() -> Any:
@@ -193,6 +198,8 @@ def _wire(ctx: AppContext, tab: GenerationTab, scripts: list[ScriptControls], re
             values["save_grid"] = bool(ctx.options.options.grid_save)
             params = modes.make_params(tab.mode, values, data[tab.image] if tab.image is not None else None,
                                        {name: data[c] for name, c in tab.extras.items()})
+            if tab.controlnet is not None:
+                params = tab.controlnet.apply(params, data)
             return apply_scripts(params, scripts, data)
 
         try:

@@ -52,6 +52,8 @@ def paste_values(tab: GenerationTab, infotext: str | None) -> dict[gr.components
               if name in targets and _fits(targets[name], value)}
     if "override_settings" in targets:  # what the infotext records, and nothing left from before
         pasted[targets["override_settings"]] = json.dumps(settings) if settings else ""
+    if tab.controlnet is not None:  # the units' settings; their pictures are not recorded
+        pasted.update(tab.controlnet.paste_values(parse_infotext(infotext)[2]))
     return pasted
 
 
@@ -66,6 +68,8 @@ def wire_send_to(button: gr.Button, inputs: list[gr.components.Component], sourc
                  target: GenerationTab, tabs: gr.Tabs) -> None:
     """On click: put the source's picture and parameters into `target` and switch to its tab."""
     outputs: list[Any] = [tabs, *target.paste_fields().values()]
+    if target.controlnet is not None:
+        outputs.extend(target.controlnet.paste_targets())
     if target.image is not None:
         outputs.append(target.image)
 
