@@ -10,7 +10,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Depends
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +18,7 @@ from modules.api.auth import Credentials, auth_dependency
 from modules.api.mapping import ApiError, decode_image, encode_image
 from modules.api.routes import ApiRoute
 from modules.context import AppContext
+from modules.controlnet.display import visible_map
 from modules.controlnet.preprocessors import (
     DEFAULT_ANNOTATOR_DIR,
     control_types,
@@ -50,19 +50,6 @@ class DetectRequest(BaseModel):
     controlnet_masks: list[str] = Field(default_factory=list)
     low_vram: bool = False  # accepted; offloading follows the device policy
     controlnet_images: list[str] = Field(default_factory=list)  # webuiapi's name for the input images
-
-
-def visible_map(detected: np.ndarray) -> Image.Image:
-    """A detected map as the extension shows it: an inpaint map's mask (alpha, 255 = repaint) is
-    drawn half-transparent (alpha 255 - mask // 2) so the picture stays visible."""
-    arr = np.clip(detected, 0, 255).astype(np.uint8)
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr.copy()
-        arr[:, :, 3] = 255 - arr[:, :, 3] // 2
-        return Image.fromarray(arr, "RGBA")
-    if arr.ndim == 2:
-        return Image.fromarray(arr, "L").convert("RGB")
-    return Image.fromarray(arr[:, :, :3], "RGB")
 
 
 def encode_map(image: Image.Image) -> str:

@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
-import numpy as np
 from PIL import Image
 
 from modules.context import AppContext
 from modules.controlnet.discovery import find_controlnet
+from modules.controlnet.display import visible_map
 from modules.controlnet.infotext import units_from_fields
 from modules.controlnet.preprocessors import (
     DEFAULT_ANNOTATOR_DIR,
@@ -281,5 +281,4 @@ def preview_map(image: Image.Image | None, module: str, resolution: float, thres
         resolution = pixel_perfect_resolution((image.height, image.width), (int(height), int(width)), resize_mode)
     detected = run_module(module, image.convert("RGB"), resolution, threshold_a, threshold_b,
                           pixel_perfect=pixel_perfect and bool(width and height))
-    arr = np.clip(detected, 0, 255).astype(np.uint8)
-    return Image.fromarray(arr[:, :, :3] if arr.ndim == 3 else arr)
+    return visible_map(detected)
