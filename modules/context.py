@@ -133,7 +133,8 @@ class AppContext:
         return generate(self.styles.apply_to(params), self.registry, self.outdir, self.control, self.image_hooks,
                         lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,
                         upscalers=self.upscalers, filename_pattern=options.samples_filename_pattern,
-                        sampling=sampler_settings(options), controlnets=self.controlnets)
+                        sampling=sampler_settings(options), controlnets=self.controlnets,
+                        auto_vae_precision=options.auto_vae_precision)
 
 
 def sampler_settings(options: Options) -> SamplerSettings:

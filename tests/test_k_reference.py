@@ -134,3 +134,48 @@ def test_generation_equals_the_k_diffusion_loop(registry: ModelRegistry, sampler
     latents = loop(_denoiser(registry, context), noise * sigmas[0], sigmas)
     reference = np.asarray(decode_latents(registry.load(registry.checkpoints[0].name), latents)[0], dtype=np.int16)
     assert np.abs(reference - picture).max() <= 1, np.abs(reference - picture).max()
+
+
+@pytest.mark.parametrize(("sampler", "strength", "loop"), [("Euler", 0.5, _euler), ("DPM++ 2M", 0.75, _dpmpp_2m),
+                                                           ("Euler", 1.0, _euler)])
+def test_img2img_equals_the_k_diffusion_loop(registry: ModelRegistry, sampler: str, strength: float, loop) -> None:
+    from PIL import Image, ImageDraw
+
+    from modules.processing.params import Img2ImgParams
+    from modules.processing.run import encode_image
+
+    picture = Image.new("RGB", (SIDE, SIDE), (30, 60, 200))
+    ImageDraw.Draw(picture).ellipse((16, 16, 48, 48), fill=(220, 40, 40))
+    model = registry.load(registry.checkpoints[0].name)
+    contexts: list[torch.Tensor] = []
+    handle = model.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: contexts.append(kwargs["encoder_hidden_states"].detach().clone()),
+        with_kwargs=True)
+    try:
+        result = generate(Img2ImgParams(prompt="a red square", negative_prompt="blue", sampler=sampler, steps=STEPS,
+                                        cfg_scale=CFG, seed=SEED, init_image=picture, denoising_strength=strength,
+                                        save=False), registry)
+    finally:
+        handle.remove()
+    # A1111 (setup_img2img_steps): t_enc = int(min(strength, 0.999) * steps), the last t_enc + 1 steps of the
+    # schedule, starting from picture + noise * sigma there.
+    t_enc = int(min(strength, 0.999) * STEPS)
+    assert len(contexts) == t_enc + 1
+    sigmas = expected("Uniform" if sampler == "Euler" else "Karras", STEPS)[STEPS - t_enc - 1:]
+    noise = initial_noise([SEED], (4, SIDE // 8, SIDE // 8), "cpu", torch.float32)
+    start = encode_image(model, picture) + noise * sigmas[0]
+    latents = loop(_denoiser(registry, contexts[0]), start, sigmas)
+    reference = np.asarray(decode_latents(model, latents)[0], dtype=np.int16)
+    assert np.abs(reference - np.asarray(result.images[0], dtype=np.int16)).max() <= 1
+
+
+def test_hires_pass_steps_follow_a1111() -> None:
+    from modules.processing.run import _steps_from_picture
+
+    # img2img: 20 steps at 0.75 -> int(15) + 1 = 16 steps of the 20-step schedule.
+    assert _steps_from_picture(20, 0.75, True, False) == (20, 16)
+    assert _steps_from_picture(20, 1.0, True, False) == (20, 20)  # int(0.999 * 20) + 1
+    # hires. fix asks for its steps: 20 at 0.7 run at the end of an int(20 / 0.7) = 28-step schedule.
+    assert _steps_from_picture(20, 0.7, True, True) == (28, 20)
+    # DDIM, PLMS, UniPC, LCM keep their own rule.
+    assert _steps_from_picture(20, 0.75, False, False) == (20, 15)

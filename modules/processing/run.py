@@ -85,6 +85,7 @@ class _Job:
     hires_prompts: PromptSchedules | None = None
     upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry)
     sampling: SamplerSettings = field(default_factory=SamplerSettings)
+    auto_vae_precision: bool = True  # redo a NaN/inf fp16/bf16 decode in fp32 (placement.decode)
     controlnets: ControlNets | None = None  # the request's ControlNet units, prepared (controlnet/apply.py)
 
 
@@ -105,8 +106,8 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
              control: GenerationControl | None = None, image_hooks: list[ImageHook] | None = None,
              lora_dir: Path | None = None, embeddings_dir: Path | None = None,
              upscalers: UpscalerRegistry | None = None, filename_pattern: str = DEFAULT_PATTERN,
-             sampling: SamplerSettings | None = None, controlnets: ControlNetRegistry | None = None
-             ) -> GenerationResult:
+             sampling: SamplerSettings | None = None, controlnets: ControlNetRegistry | None = None,
+             auto_vae_precision: bool = True) -> GenerationResult:
     """Run one generation request; holds the device for its duration (requests queue on it).
 
     `<lora:NAME:WEIGHT>` tags load NAME from `lora_dir`, embeddings named in the prompts come from
@@ -148,6 +149,7 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
         encoder = PromptEncoder(model.arch.text_encoders, model.text_encoders, embeddings=networks.embeddings)
         # Prompts are the same for every batch: each text a prompt goes through is encoded once.
         job = _Job(model=model, control=control, upscalers=upscalers, hr=hr, sampling=sampling,
+                   auto_vae_precision=auto_vae_precision,
                    prompts=_schedules(encoder, params, params.prompt, params.negative_prompt), refiner=refiner)
         if hr is not None:
             job.hires_prompts = _schedules(encoder, params, hr.prompt, hr.negative_prompt)
@@ -280,12 +282,12 @@ def encode_image(model: SDModel, image: Image.Image) -> torch.Tensor:
     return dist.mode().float() * model.arch.scale_factor
 
 
-def decode_latents(model: SDModel, latents: torch.Tensor) -> list[Image.Image]:
+def decode_latents(model: SDModel, latents: torch.Tensor, auto_precision: bool = True) -> list[Image.Image]:
     device, dtype = execution_device(model.vae), next(model.vae.parameters()).dtype
     images = []
     with torch.no_grad():
         for latent in latents:  # one at a time: the decoder's activations dominate memory
-            x = vae_decode(model.vae, (latent[None] / model.arch.scale_factor).to(device, dtype))
+            x = vae_decode(model.vae, (latent[None] / model.arch.scale_factor).to(device, dtype), auto_precision)
             arr = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             images.append(Image.fromarray(arr))
     return images
@@ -303,14 +305,18 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
     dtype = next(model.unet.parameters()).dtype
     h, w = params.height // 8, params.width // 8
     batch = len(seeds)
+    sampler = sampler_info(params.sampler)
+    from_picture = pixels.latents is not None or pixels.init is not None
+    schedule_steps, run_steps = (_steps_from_picture(params.steps, pixels.strength, sampler.k_diffusion, second_pass)
+                                 if from_picture else (params.steps, params.steps))
     scheduler = make_scheduler(params.sampler, params.schedule_type, model.arch.scheduler_config,
                                noise_seeds=seeds, is_sdxl=model.arch.is_sdxl, settings=job.sampling)
-    scheduler.set_timesteps(params.steps, device=device)
+    scheduler.set_timesteps(schedule_steps, device=device)
     timesteps = scheduler.timesteps
     noise = initial_noise(seeds, (4, h, w), device, torch.float32, subseeds=subseeds,
                           subseed_strength=params.subseed_strength)
     generators = (step_generators(seeds, (4, h, w), job.sampling.eta_noise_seed_delta)
-                  if sampler_info(params.sampler).stochastic else None)
+                  if sampler.stochastic else None)
 
     init_latents = latent_mask = inpaint_extra = None
     if pixels.latents is not None:  # hires. fix: the upscaled first pass, one per image
@@ -330,17 +336,17 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
         inpaint_extra = _inpainting_channels(model, pixels, params, batch, device)
 
     # Starting point: pure noise, or the init latents noised to where the schedule starts.
+    # k-diffusion samplers start from the picture at any strength (picture + noise * sigma), as A1111.
     start = 0
-    run_steps = params.steps
-    if init_latents is not None and pixels.strength < 1.0:
-        run_steps = min(int(params.steps * pixels.strength), params.steps)
-        start = (params.steps - run_steps) * scheduler.order
+    noised_picture = init_latents is not None and (pixels.strength < 1.0 or sampler.k_diffusion)
+    if noised_picture:
+        start = (schedule_steps - run_steps) * scheduler.order
         timesteps = timesteps[start:]
-        if len(timesteps) == 0:
-            return decode_latents(model, init_latents)
+        if len(timesteps) == 0 or run_steps == 0:
+            return decode_latents(model, init_latents, job.auto_vae_precision)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
-    if init_latents is not None and start > 0:
+    if noised_picture:
         latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
     else:
         latents = noise * start_noise_scale(scheduler, job.sampling.sgm_noise_multiplier)
@@ -395,11 +401,28 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
     progress.close()
     if job.hr is not None and not second_pass and not control.should_stop_batch():
         start_latents = hires.upscale(job.hr, latents, job.upscalers,
-                                      lambda x: decode_latents(model, x), lambda image: encode_image(model, image))
+                                      lambda x: decode_latents(model, x, job.auto_vae_precision), lambda image: encode_image(model, image))
         return _run_batch(job, hires.second_pass_params(params, job.hr),
                           _Pixels(latents=start_latents, strength=job.hr.denoising_strength),
                           seeds, subseeds, batch_index, second_pass=True)
-    return decode_latents(model, latents)
+    return decode_latents(model, latents, job.auto_vae_precision)
+
+
+def _steps_from_picture(steps: int, strength: float, k_diffusion: bool, second_pass: bool) -> tuple[int, int]:
+    """(steps of the noise schedule, steps run at its end) when starting from a picture.
+
+    For k-diffusion samplers A1111's rule (`setup_img2img_steps`): img2img runs
+    int(min(strength, 0.999) * steps) + 1 steps of the `steps`-step schedule; the hires. fix pass
+    asks for its steps, which run at the end of a schedule stretched to int(steps / strength) steps.
+    Other samplers run int(steps * strength) steps of theirs.
+    """
+    if strength <= 0:
+        return steps, 0
+    if not k_diffusion:
+        return steps, min(int(steps * strength), steps)
+    if second_pass:
+        return max(int(steps / min(strength, 0.999)), steps), steps
+    return steps, int(min(strength, 0.999) * steps) + 1
 
 
 def _unet_conditioning(model: SDModel, params: GenerationParams, cond: Conditioning, uncond: Conditioning,

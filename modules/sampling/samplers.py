@@ -125,6 +125,7 @@ class SamplerInfo:
     schedule_types: tuple[str, ...]
     stochastic: bool  # draws fresh noise every step (ancestral / SDE): needs per-image generators
     automatic_schedule: str  # what "Automatic" means for this sampler ("Uniform", "Karras", ...)
+    k_diffusion: bool = True  # on A1111's sigmas (k_schedulers.py), img2img steps as A1111 counts them
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,8 @@ def _schedule_types(recipe: _Recipe) -> tuple[str, ...]:
 
 def _info(name: str) -> SamplerInfo:
     recipe = _RECIPES[name]
-    return SamplerInfo(name, recipe.aliases, _schedule_types(recipe), recipe.stochastic, recipe.automatic)
+    return SamplerInfo(name, recipe.aliases, _schedule_types(recipe), recipe.stochastic, recipe.automatic,
+                       recipe.k_diffusion)
 
 
 def list_samplers() -> list[SamplerInfo]:
