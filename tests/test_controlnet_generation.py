@@ -22,7 +22,7 @@ from modules.controlnet.units import ControlUnit
 from modules.errors import UserError
 from modules.models.discovery import HashCache
 from modules.models.registry import ModelRegistry
-from modules.processing.params import Txt2ImgParams
+from modules.processing.params import Img2ImgParams, Txt2ImgParams
 from modules.processing.run import decode_latents, generate
 from modules.sampling.k_schedulers import start_noise_scale
 from modules.sampling.noise import initial_noise
@@ -48,7 +48,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     write_tiny_controlnet(root / "cn", "sdxl", "diffusers", stem="cn-sdxl")
     registry = ModelRegistry([root / "sd"], [], CPU, HashCache(None))
     return SimpleNamespace(registry=registry, controlnets=ControlNetRegistry([root / "cn"]), net=net,
-                           model=registry.load("tiny"))
+                           model=registry.load("tiny"), checkpoint="tiny")
 
 
 def square_map(left: int = 16, top: int = 16, side: int = 24) -> Image.Image:
@@ -63,20 +63,22 @@ def unit(**kw: object) -> ControlUnit:
     return ControlUnit(**settings)  # type: ignore[arg-type]
 
 
-def run(env: SimpleNamespace, *units: ControlUnit, steps: int = STEPS) -> tuple[np.ndarray, list[dict]]:
-    """The product's txt2img picture and, per UNet call, what the UNet received."""
+def run(env: SimpleNamespace, *units: ControlUnit, steps: int = STEPS, kind: type = Txt2ImgParams,
+        **settings: object) -> tuple[np.ndarray, list[dict]]:
+    """The product's picture (txt2img unless `kind` says) and, per UNet call, what the UNet received."""
     calls: list[dict] = []
 
     def spy(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         calls.append({"x": args[0].clone(), "t": args[1], "context": kwargs["encoder_hidden_states"].clone(),
-                      "down": kwargs.get("down_block_additional_residuals"),
+                      "added": kwargs.get("added_cond_kwargs"), "down": kwargs.get("down_block_additional_residuals"),
                       "mid": kwargs.get("mid_block_additional_residual")})
 
     handle = env.model.unet.register_forward_pre_hook(spy, with_kwargs=True)
     try:
-        params = Txt2ImgParams(prompt="a red circle", sampler="Euler", schedule_type="Automatic", steps=steps,
-                               cfg_scale=7.0, seed=SEED, width=SIZE, height=SIZE, save=False, checkpoint="tiny",
-                               controlnet_units=tuple(units))
+        base: dict[str, object] = {"prompt": "a red circle", "sampler": "Euler", "schedule_type": "Automatic",
+                                   "steps": steps, "cfg_scale": 7.0, "seed": SEED, "width": SIZE, "height": SIZE,
+                                   "save": False, "checkpoint": env.checkpoint, "controlnet_units": tuple(units)}
+        params = kind(**{**base, **settings})
         result = generate(params, env.registry, controlnets=env.controlnets)
     finally:
         handle.remove()
@@ -248,3 +250,75 @@ def test_infotext_field_per_enabled_unit(env: SimpleNamespace, tmp_path: Path) -
                       "threshold_b": 200.0, "guidance_start": 0.0, "guidance_end": 0.75, "pixel_perfect": True,
                       "control_mode": "Balanced"}]
     assert ControlUnit(**{**units[0], "image": square_map()}).validate().model == title
+
+
+def test_img2img_unit_without_image_uses_the_input_picture(env: SimpleNamespace) -> None:
+    picture = square_map(left=30, top=10, side=30).resize((96, 64))  # wider than the 64 x 64 generation
+    request = {"kind": Img2ImgParams, "init_image": picture, "denoising_strength": 0.7,
+               "resize_mode": "crop and resize", "steps": 3}
+    image, calls = run(env, unit(image=None), **request)
+    assert all(c["down"] is not None for c in calls)
+    same, _ = run(env, unit(image=picture, resize_mode="Crop and Resize"), **request)
+    assert np.array_equal(image, same)  # the input picture, fitted with the request's resize mode
+    stretched, _ = run(env, unit(image=picture, resize_mode="Just Resize"), **request)
+    assert not np.array_equal(image, stretched)
+    with pytest.raises(UserError, match="ControlNet unit 0 has no image"):
+        run(env, unit(image=None), steps=1)
+
+
+HIRES = {"enable_hr": True, "hr_scale": 2.0, "hr_upscaler": "Latent", "hr_second_pass_steps": 2,
+         "denoising_strength": 0.6, "steps": 2}
+
+
+@pytest.mark.parametrize(("option", "first", "second"), [("Both", True, True), ("Low res only", True, False),
+                                                         ("High res only", False, True)])
+def test_hires_option_picks_the_passes(env: SimpleNamespace, option: str, first: bool, second: bool) -> None:
+    _, calls = run(env, unit(hr_option=option), **HIRES)
+    low = [c for c in calls if c["x"].shape[-1] == 8]  # latents of the 64 px pass
+    high = [c for c in calls if c["x"].shape[-1] == 16]  # and of the 128 px hires pass
+    assert len(low) == 2 and high and len(low) + len(high) == len(calls)
+    assert all((c["down"] is not None) == first for c in low)
+    assert all((c["down"] is not None) == second for c in high)
+    if second:
+        assert high[0]["down"][0].shape[-1] == 16  # the hint fitted to the hires size
+
+
+def test_canny_is_soft_in_the_hires_pass(env: SimpleNamespace) -> None:
+    """The extension injects canny softly in the hires pass whatever the mode; other modules keep theirs."""
+    def hires_residuals(module: str, mode: str) -> list[torch.Tensor]:
+        _, calls = run(env, unit(module=module, control_mode=mode, hr_option="High res only",
+                                 image=square_map().convert("L").convert("RGB")), **HIRES)
+        first_hires = next(c for c in calls if c["x"].shape[-1] == 16)
+        return [*first_hires["down"], first_hires["mid"]]
+
+    balanced, prompt = hires_residuals("canny", "Balanced"), hires_residuals("canny", "My prompt is more important")
+    assert all(torch.equal(a, b) for a, b in zip(balanced, prompt, strict=True))
+    plain_balanced = hires_residuals("invert", "Balanced")
+    plain_prompt = hires_residuals("invert", "My prompt is more important")
+    torch.testing.assert_close(plain_prompt[0], plain_balanced[0] * 0.825 ** 12)
+
+
+def test_refiner_steps_get_no_control(env: SimpleNamespace) -> None:
+    _, calls = run(env, unit(), steps=4, refiner_checkpoint="tiny", refiner_switch_at=0.5)
+    assert [c["down"] is not None for c in calls] == [True, True, False, False]
+
+
+def test_sdxl_unit_follows_the_rule(tmp_path: Path) -> None:
+    """SDXL: 9 skip connections + the middle block, the ControlNet sees the UNet's added conditioning,
+    and soft injection takes the first 10 of the 13 factors (the middle block gets weight * 0.825^3)."""
+    write_tiny_checkpoint(tmp_path / "sd", "sdxl", stem="tiny-xl")
+    _, net = write_tiny_controlnet(tmp_path / "cn", "sdxl", "diffusers", stem="cn-xl", gain=GAIN,
+                                   hint_gain=HINT_GAIN)
+    registry = ModelRegistry([tmp_path / "sd"], [], CPU, HashCache(None))
+    env = SimpleNamespace(registry=registry, controlnets=ControlNetRegistry([tmp_path / "cn"]), net=net,
+                          model=registry.load("tiny-xl"), checkpoint="tiny-xl")
+    _, calls = run(env, unit(model="cn-xl", weight=1.5, control_mode="ControlNet is more important"), steps=1)
+    call = calls[0]
+    assert len(call["down"]) == 9
+    hint = torch.from_numpy(np.asarray(square_map(), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        down, mid = net(call["x"], call["t"], encoder_hidden_states=call["context"], controlnet_cond=hint,
+                        added_cond_kwargs=call["added"], return_dict=False)
+    for i, (got, raw) in enumerate(zip([*call["down"], call["mid"]], [*down, mid], strict=True)):
+        want = torch.cat([torch.zeros_like(raw[:1]), raw[1:] * (1.5 * 0.825 ** (12 - i))])
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
