@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_flags(parser)
     shared = argparse.ArgumentParser(add_help=False)
     add_global_flags(shared, suppress=True)
-    subparsers = parser.add_subparsers(dest="command", title="sub-commands", metavar="{" + ",".join(cli.MODES) + "}")
+    subparsers = parser.add_subparsers(dest="command", title="sub-commands", metavar="{" + ",".join((*cli.MODES, "train-lora", "merge")) + "}")
     cli.add_subcommands(subparsers, parents=[shared])
     return parser
 

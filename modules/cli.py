@@ -149,9 +149,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction, parents: Sequence[ar
                                 "--override-settings sgm_noise_multiplier=true --override-settings "
                                 "eta_noise_seed_delta=31337")
         parser.set_defaults(mode=mode)
+    from modules.models.merge_cli import add_merge_parser
     from modules.training.lora.cli import add_train_lora_parser  # light: torch loads when it runs
 
     add_train_lora_parser(subparsers, parents)
+    add_merge_parser(subparsers, parents)
 
 
 def _metavar(flag: Flag) -> str:
@@ -263,6 +265,10 @@ def run(ctx: AppContext, args: argparse.Namespace) -> int:
         from modules.training.lora.cli import run_train_lora
 
         return run_train_lora(ctx, args)
+    if args.mode == "merge":
+        from modules.models.merge_cli import run_merge
+
+        return run_merge(ctx, args)
 
     # Libraries sometimes print; keep stdout for the file list so scripts can trust it.
     real_stdout = sys.stdout

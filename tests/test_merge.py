@@ -206,3 +206,63 @@ def test_txt2img_on_a_merge(models: dict[str, Path], tmp_path: Path) -> None:
     result = generate(Txt2ImgParams(prompt="x", steps=2, seed=1, width=64, height=64, save=False,
                                     checkpoint=registry.find(path.name).name), registry)
     assert result.images[0].size == (64, 64)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) -> Path:
+    import shutil
+
+    data = tmp_path_factory.mktemp("merge-data")
+    folder = data / "models" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    for key in ("a", "b", "c", "xl"):
+        shutil.copy(models[key], folder / models[key].name)
+        if models[key].with_suffix(".yaml").exists():
+            shutil.copy(models[key].with_suffix(".yaml"), folder / models[key].with_suffix(".yaml").name)
+    return data
+
+
+def test_merge_from_the_command_line(data_dir: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    import webui
+
+    args = ["merge", "--primary", "a.safetensors", "--secondary", "b", "--multiplier", "0", "--name", "cli",
+            "--data-dir", str(data_dir), "--threads", "1"]
+    assert webui.main(args) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path == data_dir / "models" / "Stable-diffusion" / "cli.safetensors"
+    a = load_file(str(models["a"]))
+    assert all(torch.equal(load_file(str(path))[k], a[k]) for k in a)
+    assert webui.main(args) == 2  # exists: refused, the file stays
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_merge_over_the_api_and_in_the_ui(data_dir: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from modules.api import create_api
+    from modules.context import AppContext, Paths
+    from modules.ui.merger_tab import run_merge
+
+    ctx = AppContext.create(Paths.make(data_dir=data_dir), CPU)
+    client = TestClient(create_api(ctx))
+    answer = client.post("/sdapi/v1/checkpoint-merger", json={
+        "primary_model_name": "a.safetensors", "secondary_model_name": "b.safetensors",
+        "tertiary_model_name": "c.safetensors", "interp_method": "Add difference", "multiplier": 0.5,
+        "custom_name": "api", "config_source": 3})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["name"] == "api.safetensors"
+    assert "api.safetensors" in {m["filename"].rsplit("/", 1)[-1] for m in client.get("/sdapi/v1/sd-models").json()}
+    bad = client.post("/sdapi/v1/checkpoint-merger", json={"primary_model_name": "a.safetensors",
+                                                           "secondary_model_name": "xl.safetensors"})
+    assert bad.status_code == 400 and "different architectures" in bad.json()["detail"]
+    missing = client.post("/sdapi/v1/checkpoint-merger", json={"primary_model_name": "a.safetensors",
+                                                               "interp_method": "Add difference",
+                                                               "secondary_model_name": "b.safetensors"})
+    assert missing.status_code == 400 and "tertiary" in missing.json()["detail"]
+    # The tab's handler: the message, and the new file in the list at once.
+    message = run_merge(ctx, "a.safetensors", "b.safetensors", "None", "Weighted sum", 0.5, False, "ui",
+                        "safetensors", "A, B or C", "None", "", True, True, False)
+    assert "Checkpoint saved to" in message and "ui.safetensors" in {i.name for i in ctx.registry.checkpoints}
+    refused = run_merge(ctx, "a.safetensors", "xl.safetensors", "None", "Weighted sum", 0.5, False, "",
+                        "safetensors", "A, B or C", "None", "", True, True, False)
+    assert "Error" in refused and "different architectures" in refused

@@ -40,6 +40,7 @@ from fastapi.responses import HTMLResponse
 from modules.api.auth import parse_credentials
 from modules.api.controlnet_routes import build_controlnet_router
 from modules.api.mapping import VERSION
+from modules.api.merge_routes import build_merge_router
 from modules.api.routes import PREFIX, build_router
 from modules.context import AppContext
 
@@ -61,6 +62,7 @@ def create_api(ctx: AppContext, auth: Auth = None, flags: Mapping[str, Any] | No
                   description="AUTOMATIC1111-compatible /sdapi/v1 API of a local, offline Stable Diffusion web UI.")
     app.include_router(build_router(ctx, parse_credentials(auth), flags))
     app.include_router(build_controlnet_router(ctx, parse_credentials(auth)))  # the extension's own prefix
+    app.include_router(build_merge_router(ctx, parse_credentials(auth)))
     return app
 
 
@@ -72,6 +74,7 @@ def mount(app: FastAPI, ctx: AppContext, auth: Auth = None, flags: Mapping[str, 
     """
     app.include_router(build_router(ctx, parse_credentials(auth), flags))
     app.include_router(build_controlnet_router(ctx, parse_credentials(auth)))
+    app.include_router(build_merge_router(ctx, parse_credentials(auth)))
     app.openapi_schema = None  # regenerate the schema with the new routes
     if getattr(app, "docs_url", None) is None and app.openapi_url:
         # Gradio switches FastAPI's docs off; A1111 users expect them at /docs.

@@ -35,6 +35,7 @@ from modules.errors import UserError
 from modules.models.detect import beside_yaml, detect_config
 from modules.models.discovery import HashCache
 from modules.models.load import read_state_dict
+from modules.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -375,3 +376,16 @@ def _write(target: Path, fmt: str, plan: list[tuple[str, torch.dtype, tuple[int,
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def request_from_names(registry: ModelRegistry, primary: str, secondary: str | None = None,
+                       tertiary: str | None = None, bake_in_vae: str | None = None, **options: Any) -> MergeRequest:
+    """A MergeRequest from checkpoint and VAE names as the lists show them ("" / "None" = not given)."""
+    def find(name: str | None) -> Path | None:
+        return registry.find(name).path if name and name != "None" else None
+
+    if not primary or primary == "None":
+        raise UserError("Merging needs a primary model (A).")
+    vae = registry.find_vae(bake_in_vae).path if bake_in_vae and bake_in_vae != "None" else None
+    return MergeRequest(primary=registry.find(primary).path, secondary=find(secondary), tertiary=find(tertiary),
+                        bake_in_vae=vae, **options)

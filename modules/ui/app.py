@@ -19,6 +19,7 @@ from modules.ui.common import (
 from modules.ui.extras import build_extras_tab
 from modules.ui.generation_tab import GenerationTab, build_generation_tab
 from modules.ui.hooks import ExtraTab, ScriptHook
+from modules.ui.merger_tab import build_merger_tab
 from modules.ui.paste import selected_result, wire_send_to
 from modules.ui.png_info import build_png_info_tab, read_picture
 from modules.ui.settings import build_settings_tab
@@ -42,6 +43,8 @@ def build_ui(ctx: AppContext, extra_tabs: Sequence[ExtraTab] = (), scripts: Sequ
                 build_extras_tab(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png_info = build_png_info_tab()
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+                merger = build_merger_tab(ctx)
             with gr.Tab("Train", id="train", elem_id="tab_train"):
                 build_train_tab(ctx)
             for extra in extra_tabs:
@@ -51,6 +54,8 @@ def build_ui(ctx: AppContext, extra_tabs: Sequence[ExtraTab] = (), scripts: Sequ
                 build_settings_tab(ctx, list(generation.values()))
 
         wire_checkpoint_row(ctx, checkpoint, [(generation["txt2img"].width, generation["txt2img"].height)])
+        merger.merged.then(lambda: gr.Dropdown(choices=checkpoint_names(ctx)), inputs=None, outputs=checkpoint.dropdown,
+                           api_visibility="undocumented")
         _wire_page_load(ctx, demo, checkpoint.dropdown, list(generation.values()))
         for source in generation.values():
             for target_mode, button in source.send_to.items():
