@@ -216,3 +216,42 @@ def test_xyz_checkpoint_axis_puts_the_loaded_model_back(client: TestClient) -> N
     result = script.run(ctx, Txt2ImgParams(prompt="a", width=64, height=64, steps=1, seed=1, save=False), args)
     assert "Model: tiny-b" in result.infotexts[1]
     assert ctx.registry.current_info.name == "tiny-a.safetensors"
+
+
+def test_xyz_axis_indices_are_a1111s_per_tab(client: TestClient) -> None:
+    from modules.scripts.xyz_axes import tab_axes
+
+    # A1111's xyz_grid.py order: txt2img has the hires axes, img2img Image CFG Scale instead.
+    txt = tab_axes("txt2img")
+    img = tab_axes("img2img")
+    assert txt[:14] == ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale",
+                        "Prompt S/R", "Prompt order", "Sampler", "Hires sampler", "Checkpoint name",
+                        "Negative Guidance minimum sigma", "Sigma Churn"]
+    assert img[:12] == ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "CFG Scale", "Image CFG Scale",
+                        "Prompt S/R", "Prompt order", "Sampler", "Checkpoint name", "Negative Guidance minimum sigma"]
+    script = XYZPlot()
+    params = Txt2ImgParams(prompt="a cat", steps=2, seed=3, width=64, height=64)
+    expected = {4: "Steps", 6: "CFG Scale", 1: "Seed", 9: "Sampler", 11: "Checkpoint name"}
+    for index, label in expected.items():
+        args = script.parse_args([index, "1,2" if label != "Sampler" else "Euler", [], 0, "", [], 0, "", []])
+        if label == "Checkpoint name":
+            args["x_values"] = "tiny-a"
+        (kind, _), _, _ = script.axes(client.ctx, params, args)
+        assert kind.label == label
+    img_params = Img2ImgParams(prompt="a cat", steps=2, seed=3, init_image=Image.new("RGB", (64, 64)))
+    for index, label in {4: "Steps", 5: "CFG Scale", 9: "Sampler", 10: "Checkpoint name"}.items():
+        values = {"Sampler": "Euler", "Checkpoint name": "tiny-a"}.get(label, "1,2")
+        args = script.parse_args([index, values, [], 0, "", [], 0, "", []])
+        assert script.axes(client.ctx, img_params, args)[0][0].label == label
+    # Names work too; an axis this program lacks is refused with what it offers.
+    assert script.axes(client.ctx, params, script.parse_args(["steps", "1,2"]))[0][0].label == "Steps"
+    with pytest.raises(UserError, match="'Prompt order' is not available here"):
+        script.axes(client.ctx, params, script.parse_args([8, "a,b"]))
+    # Through the API as a client sends it, and listed in /script-info in that order.
+    answer = client.post(f"{API}/txt2img", json={**SMALL, "prompt": "a cat", "script_name": "X/Y/Z plot",
+                                                  "script_args": [4, "1,2", [], 6, "3,7", []]})
+    grid, *cells = images_of(answer)
+    assert len(cells) == 4
+    infos = {(i["name"], i["is_img2img"]): i for i in client.get(f"{API}/script-info").json()}
+    assert infos[("x/y/z plot", False)]["args"][0]["choices"] == txt
+    assert infos[("x/y/z plot", True)]["args"][0]["choices"] == img

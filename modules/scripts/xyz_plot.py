@@ -8,7 +8,7 @@ names (or indexes into AXIS_TYPES). The answer is the grid first, then every cel
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from modules.sampling.schedule_types import SCHEDULE_LABELS, find_schedule
 from modules.scripts.axis_values import parse_numbers, split_values
 from modules.scripts.base import Script, ScriptArg
 from modules.scripts.grid import labelled_grid
+from modules.scripts.xyz_axes import resolve_axis, tab_axes
 
 if TYPE_CHECKING:
     from modules.context import AppContext
@@ -57,6 +58,20 @@ def _schedules(ctx: AppContext, params: GenerationParams, text: str) -> list[str
     return labels
 
 
+def _booleans(ctx: AppContext, params: GenerationParams, text: str) -> list[bool]:
+    values = []
+    for item in split_values(text):
+        if item.strip().lower() not in ("true", "false"):
+            raise UserError(f"X/Y/Z plot: {item!r} is not True or False.")
+        values.append(item.strip().lower() == "true")
+    return values
+
+
+def _setting(key: str) -> Callable[[GenerationParams, Any, list[Any]], GenerationParams]:
+    """An axis over a setting: applied as that cell's override_settings, as A1111's apply_override."""
+    return lambda p, v, vs: replace(p, override_settings={**p.override_settings, key: v})
+
+
 def _checkpoints(ctx: AppContext, params: GenerationParams, text: str) -> list[str]:
     return [ctx.registry.find(name).name for name in split_values(text)]
 
@@ -87,6 +102,16 @@ AXIS_TYPES: dict[str, AxisType] = {t.label: t for t in (
     AxisType("Var. strength", _numbers(float, "Var. strength"), lambda p, v, vs: replace(p, subseed_strength=v)),
     AxisType("Denoising", _numbers(float, "Denoising"), lambda p, v, vs: replace(p, denoising_strength=v)),
     AxisType("Schedule type", _schedules, lambda p, v, vs: replace(p, schedule_type=v)),
+    AxisType("Hires steps", _numbers(int, "Hires steps"), lambda p, v, vs: replace(p, hr_second_pass_steps=v)),
+    AxisType("Hires sampler", _samplers, lambda p, v, vs: replace(p, hr_sampler=v)),
+    AxisType("Clip skip", _numbers(int, "Clip skip"), lambda p, v, vs: replace(p, clip_skip=v)),
+    AxisType("Refiner switch at", _numbers(float, "Refiner switch at"),
+             lambda p, v, vs: replace(p, refiner_switch_at=v)),
+    AxisType("Schedule rho", _numbers(float, "Schedule rho"), _setting("rho")),
+    AxisType("Beta schedule alpha", _numbers(float, "Beta schedule alpha"), _setting("beta_dist_alpha")),
+    AxisType("Beta schedule beta", _numbers(float, "Beta schedule beta"), _setting("beta_dist_beta")),
+    AxisType("Always discard next-to-last sigma", _booleans, _setting("always_discard_next_to_last_sigma")),
+    AxisType("SGM noise multiplier", _booleans, _setting("sgm_noise_multiplier")),
 )}
 MAX_CELLS = 400
 
@@ -112,11 +137,38 @@ class XYZPlot(Script):
         ScriptArg("csv_mode", "Use text inputs instead of dropdowns", "bool", False),
     )
 
+    def parse_args(self, raw: Sequence[Any] | dict[str, Any] | None) -> dict[str, Any]:
+        """As every script, but the axis types stay as sent: A1111's clients send indices into the
+        tab's own axis list, resolved by `axes` once the tab is known."""
+        types: dict[str, Any] = {}
+        if isinstance(raw, list | tuple):
+            raw = list(raw)
+            for index, key in ((0, "x_type"), (3, "y_type"), (6, "z_type")):
+                if index < len(raw):
+                    types[key], raw[index] = raw[index], "Nothing"
+        elif isinstance(raw, dict):
+            raw = dict(raw)
+            types = {key: raw.pop(key) for key in ("x_type", "y_type", "z_type") if key in raw}
+        args = super().parse_args(raw)
+        for key, value in types.items():
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise UserError(f"X/Y/Z plot: {key} must be an axis index or name, got {value!r}.")
+            args[key] = value
+        return args
+
+    def info(self, mode: str) -> dict[str, Any]:
+        """A1111's /script-info entry: the axis type choices in that UI's order for the tab."""
+        info = super().info(mode)
+        for arg in info["args"]:
+            if arg["label"] in ("X type", "Y type", "Z type"):
+                arg["choices"] = tab_axes(mode)
+        return info
+
     def axes(self, ctx: AppContext, params: GenerationParams, args: dict[str, Any]) -> list[tuple[AxisType, list[Any]]]:
         """[(type, values)] for x, y, z; every value checked before anything is generated."""
         axes = []
         for name in ("x", "y", "z"):
-            kind = AXIS_TYPES[args[f"{name}_type"]]
+            kind = AXIS_TYPES[resolve_axis(args[f"{name}_type"], params.mode, AXIS_TYPES)]
             text = args[f"{name}_values"]
             if not text.strip() and args[f"{name}_values_dropdown"]:
                 text = ",".join(f'"{v}"' for v in args[f"{name}_values_dropdown"])
