@@ -360,3 +360,18 @@ def test_controlnet_dir_flag_adds_a_folder(data_dir: Path, tmp_path: Path) -> No
     missing = webui.build_parser().parse_args(["--controlnet-dir", str(tmp_path / "nope")])
     with pytest.raises(UserError, match="--controlnet-dir"):
         webui.create_context(missing)
+
+
+def test_detected_maps_follow_the_pictures(api: TestClient) -> None:
+    """One map per unit that saves it, after the pictures and without infotext (the extension's
+    count: n_iter * batch_size + the units); save_detected_map false leaves it out."""
+    two = txt2img(api, unit(), unit(module="invert", save_detected_map=False), unit(), batch_size=2)
+    assert two.status_code == 200, two.text
+    images = two.json()["images"]
+    assert len(images) == 2 + 2
+    maps = [decode(data) for data in images[2:]]
+    assert all("parameters" not in m.info for m in maps) and "parameters" in decode(images[0]).info
+    # Module none at the generation's own size: the map is the edge map as given.
+    assert np.array_equal(np.asarray(maps[0].convert("RGB")), np.asarray(edge_map()))
+    quiet = txt2img(api, unit(save_detected_map=False))
+    assert len(quiet.json()["images"]) == 1

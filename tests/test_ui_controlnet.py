@@ -83,6 +83,10 @@ def test_a_unit_from_the_accordion_steers_the_picture(ctx: AppContext) -> None:
             'Pixel Perfect: False, Control Mode: ControlNet is more important"') in text
     difference = np.abs(np.asarray(plain["images"][0], dtype=int) - np.asarray(made["images"][0], dtype=int))
     assert difference.max() > 0
+    # The detected map is shown after the picture (not among the pictures send-to picks from).
+    final = list(fn.fn(data))[-1]
+    assert len(final[tab.outputs.gallery].value) == 2 and len(made["images"]) == 1
+    assert len(list(fn.fn({**data, u.save_detected_map: False}))[-1][tab.outputs.gallery].value) == 1
 
     # The same values reach the params as ControlUnits (disabled units kept in place).
     seen: list[GenerationParams] = []

@@ -434,6 +434,8 @@ def build_answer(req: GenerationRequest, result: GenerationResult) -> Answer:
         "version": VERSION,
     }
     encoded = [encode_image(image, text) for image, text in zip(images, infotexts, strict=True)]
+    # ControlNet's detected maps after the pictures, without infotext, as the extension appends them.
+    encoded += [encode_image(image) for image in result.detected_maps]
     return Answer(images=encoded if req.send_images else [], info=json.dumps(info))
 
 

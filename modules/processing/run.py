@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from modules.controlnet.apply import ControlNets, request_controlnets, unit_inputs
+from modules.controlnet.display import visible_map
 from modules.controlnet.registry import ControlNetRegistry
 from modules.devices import execution_device
 from modules.errors import UserError
@@ -57,6 +58,8 @@ class GenerationResult:
     interrupted: bool = False
     # How many of `images` are grids placed before the pictures (scripts put theirs first).
     grids: int = 0
+    # The maps of the ControlNet units that save theirs (shown and returned after the pictures, not saved).
+    detected_maps: list[Image.Image] = field(default_factory=list)
 
 
 @dataclass
@@ -168,6 +171,8 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
         if job.controlnets is not None:
             extra_fields.update(job.controlnets.infotext_fields())
         result = GenerationResult(images=[], infotexts=[], seeds=[], params=params)
+        if job.controlnets is not None:
+            result.detected_maps = [visible_map(image) for image, _ in job.controlnets.detected_maps()]
         control.begin(params.batch_count, params.steps)
         try:
             for n in range(params.batch_count):

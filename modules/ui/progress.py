@@ -72,7 +72,8 @@ def gallery_images(result: GenerationResult) -> list[Image.Image]:
         copy = image.copy()
         copy.info["parameters"] = text
         images.append(copy)
-    return images
+    # ControlNet's detected maps beside the results (after them: the send-to buttons count pictures).
+    return images + list(result.detected_maps)
 
 
 def _done_html(result: GenerationResult, state: ProgressState, seconds: float) -> str:
