@@ -205,6 +205,12 @@ def test_webuiapi_controlnet_unit(data_dir: Path, tmp_path: Path) -> None:
             "Processor Res: 512, Threshold A: 64.0, Threshold B: 64.0, Guidance Start: 0.0, Guidance End: 1.0, " \
             "Pixel Perfect: False, Control Mode: ControlNet is more important" in field
         assert np.abs(np.asarray(plain.image, dtype=int) - np.asarray(made.image, dtype=int)).max() > 0
+        # img2img: a unit without a picture of its own (webuiapi sends "") takes the input picture.
+        moved = api.img2img(images=[edge_map()], denoising_strength=0.6, controlnet_units=[
+            webuiapi.ControlNetUnit(module="invert", model="tiny_canny")], **kwargs)
+        assert "Module: invert, Model: tiny_canny [" in moved.info["extra_generation_params"]["ControlNet 0"]
+        assert len(moved.images) == 2  # the picture and the unit's detected map
+        assert np.array_equal(np.asarray(moved.images[1].convert("RGB")), 255 - np.asarray(edge_map()))
         detected = api.controlnet_detect([edge_map()], module="canny", processor_res=64, threshold_a=100,
                                          threshold_b=200)
         # webuiapi posts them as `controlnet_images`, as data URLs.
