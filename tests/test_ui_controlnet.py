@@ -177,3 +177,16 @@ def test_paste_restores_the_units_settings(ctx: AppContext) -> None:
     assert (low.label, low.value, low.minimum, low.maximum) == ("Low Threshold", 50.0, 1, 255)
     assert pasted[first.processor_res].value == 256.0 and pasted[first.threshold_b].value == 150.0
     assert first.image not in pasted  # pictures are not in infotexts
+
+
+def test_preview_of_a_unit_using_the_input_picture(ctx: AppContext) -> None:
+    for mode, picture in (("img2img", edge_map()), ("inpaint", {"background": edge_map(), "layers": []})):
+        with gr.Blocks() as demo:
+            tab = build_generation_tab(ctx, mode, 64)
+        u = tab.controlnet.units[0]
+        (fn,) = [f for f in demo.fns.values() if f.fn.__name__ == "on_preview" and u.image in f.inputs]
+        values = {u.image: None, u.module: "invert", u.processor_res: 512, u.threshold_a: 0.5, u.threshold_b: 0.5,
+                  u.pixel_perfect: False, u.resize_mode: "Crop and Resize", tab.width: 64, tab.height: 64,
+                  u.use_input: True, tab.image: picture}
+        shown = fn.fn(*[values[c] for c in fn.inputs])
+        assert np.array_equal(np.asarray(shown), 255 - np.asarray(edge_map())), mode

@@ -177,20 +177,21 @@ def module_sliders(name: str) -> tuple[gr.Slider, gr.Slider, gr.Slider]:
     return res, a, b
 
 
-def build_controlnet(ctx: AppContext, mode: str, width: gr.Slider | None = None,
-                     height: gr.Slider | None = None, count: int = MAX_UNITS) -> ControlNetPanel:
-    """The accordion, inside the tab's settings column. `width`/`height` feed pixel perfect in Preview."""
+def build_controlnet(ctx: AppContext, mode: str, width: gr.Slider | None = None, height: gr.Slider | None = None,
+                     source: gr.components.Component | None = None, count: int = MAX_UNITS) -> ControlNetPanel:
+    """The accordion, inside the tab's settings column. `width`/`height` feed pixel perfect in Preview,
+    `source` (the tab's input picture) is what Preview shows the map of for a unit without its own."""
     units = []
     with gr.Accordion("ControlNet", open=False, elem_id=f"{mode}_controlnet"):
         with gr.Tabs(elem_id=f"{mode}_controlnet_units"):
             for index in range(count):
                 with gr.Tab(f"ControlNet Unit {index}", elem_id=f"{mode}_controlnet_unit_{index}"):
-                    units.append(_build_unit(ctx, mode, index, width, height))
+                    units.append(_build_unit(ctx, mode, index, width, height, source))
     return ControlNetPanel(units, ctx)
 
 
-def _build_unit(ctx: AppContext, mode: str, index: int, width: gr.Slider | None,
-                height: gr.Slider | None) -> UnitControls:
+def _build_unit(ctx: AppContext, mode: str, index: int, width: gr.Slider | None, height: gr.Slider | None,
+                source: gr.components.Component | None) -> UnitControls:
     eid = f"{mode}_controlnet_{index}"
     none = resolve_module("none")
     with gr.Row():
@@ -236,11 +237,12 @@ def _build_unit(ctx: AppContext, mode: str, index: int, width: gr.Slider | None,
                             threshold_a=threshold_a, threshold_b=threshold_b, pixel_perfect=pixel_perfect,
                             hr_option=hr_option, save_detected_map=save_map, preview_button=preview_button,
                             preview=preview)
-    _wire_unit(ctx, controls, width, height)
+    _wire_unit(ctx, controls, width, height, source)
     return controls
 
 
-def _wire_unit(ctx: AppContext, u: UnitControls, width: gr.Slider | None, height: gr.Slider | None) -> None:
+def _wire_unit(ctx: AppContext, u: UnitControls, width: gr.Slider | None, height: gr.Slider | None,
+               source: gr.components.Component | None) -> None:
     quiet = {"concurrency_limit": None, "show_progress": "hidden", "api_visibility": "undocumented"}
     # `input`, not `change`: a paste sets the module and the recorded slider values together, and
     # must not see them reset to the module's defaults afterwards.
@@ -256,9 +258,14 @@ def _wire_unit(ctx: AppContext, u: UnitControls, width: gr.Slider | None, height
 
     u.refresh.click(on_refresh, inputs=u.model, outputs=u.model, **quiet)
     size = [width, height] if width is not None and height is not None else []
+    borrow = [u.use_input, source] if u.use_input is not None and source is not None else []
 
     def on_preview(image: Image.Image | None, module: str, res: float, a: float, b: float, pixel_perfect: bool,
-                   resize_mode: str, *wh: int) -> Any:
+                   resize_mode: str, *rest: Any) -> Any:
+        wh = rest[:len(size)]
+        if borrow:
+            use_input, picture = rest[len(size):]
+            image = input_picture(picture) if use_input or image is None else image
         try:
             return preview_map(image, module, res, a, b, pixel_perfect, resize_mode, *wh)
         except UserError as exc:
@@ -266,9 +273,16 @@ def _wire_unit(ctx: AppContext, u: UnitControls, width: gr.Slider | None, height
             return gr.skip()
 
     u.preview_button.click(on_preview, inputs=[u.image, u.module, u.processor_res, u.threshold_a, u.threshold_b,
-                                               u.pixel_perfect, u.resize_mode, *size],
+                                               u.pixel_perfect, u.resize_mode, *size, *borrow],
                            outputs=u.preview, concurrency_limit=1, concurrency_id="controlnet_preview",
                            show_progress="minimal", api_visibility="undocumented")
+
+
+def input_picture(value: Any) -> Image.Image | None:
+    """The tab's input picture (the inpaint editor's background), or None."""
+    if isinstance(value, dict):
+        value = value.get("background")
+    return value if isinstance(value, Image.Image) else None
 
 
 def preview_map(image: Image.Image | None, module: str, resolution: float, threshold_a: float, threshold_b: float,

@@ -134,7 +134,7 @@ def build_generation_tab(ctx: AppContext, mode: str, default_size: int,
             if mode == "txt2img":
                 extras.update(everyday.build_hires(ctx))
             extras.update(everyday.build_common(ctx, mode, prompt, negative))
-            controlnet = build_controlnet(ctx, mode, width, height)
+            controlnet = build_controlnet(ctx, mode, width, height, image)
             script_controls = _build_scripts(mode, scripts)
             script_selector = build_script_selector(ctx, mode)
 
