@@ -22,7 +22,7 @@ from modules.controlnet.units import ControlUnit
 from modules.errors import UserError
 from modules.models.discovery import HashCache
 from modules.models.registry import ModelRegistry
-from modules.processing.params import Img2ImgParams, Txt2ImgParams
+from modules.processing.params import Img2ImgParams, InpaintParams, Txt2ImgParams
 from modules.processing.run import decode_latents, generate
 from modules.sampling.k_schedulers import start_noise_scale
 from modules.sampling.noise import initial_noise
@@ -324,3 +324,39 @@ def test_sdxl_unit_follows_the_rule(tmp_path: Path) -> None:
     for i, (got, raw) in enumerate(zip([*call["down"], call["mid"]], [*down, mid], strict=True)):
         want = torch.cat([torch.zeros_like(raw[:1]), raw[1:] * (1.5 * 0.825 ** (12 - i))])
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_inpaint_only_uses_the_tabs_picture_and_mask(env: SimpleNamespace) -> None:
+    """In the inpaint tab inpaint_only falls back to 'inpaint' (as the extension) and its hint is the
+    input picture with -1 where the tab's mask (blurred as A1111 does, then > 127) marks the area."""
+    picture = Image.new("RGB", (SIZE, SIZE), (255, 51, 0))
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (0, 0, 24, SIZE))
+    hints: list[torch.Tensor] = []
+    file = env.controlnets.find("cn-sd1")
+    net = env.controlnets.load(file, env.model.arch, "tiny", torch.device("cpu"), torch.float32).model
+    handle = net.register_forward_pre_hook(lambda m, a, k: hints.append(k["controlnet_cond"].clone()),
+                                           with_kwargs=True)
+    try:
+        _, calls = run(env, unit(module="inpaint_only", image=None), kind=InpaintParams, init_image=picture,
+                       mask=mask, mask_blur=0, denoising_strength=0.8, steps=2)
+    finally:
+        handle.remove()
+    assert hints and all(c["down"] is not None for c in calls)
+    hint = hints[0][0]
+    assert (hint[:, :, :24] == -1).all()
+    colour = torch.tensor([1.0, 0.2, 0.0])[:, None, None].expand(3, SIZE, SIZE - 24)
+    torch.testing.assert_close(hint[:, :, 24:], colour)
+
+
+def test_batch_images_equal_their_single_runs(env: SimpleNamespace) -> None:
+    """With two images the CFG batch is [uncond, uncond, cond, cond]: 'ControlNet is more important'
+    must zero both unconditional ones, so each image is the one made alone with its seed."""
+    control = unit(control_mode="ControlNet is more important")
+    params = {"prompt": "a red circle", "sampler": "Euler", "steps": 3, "seed": SEED, "width": SIZE,
+              "height": SIZE, "save": False, "checkpoint": "tiny", "controlnet_units": (control,)}
+    batch = generate(Txt2ImgParams(**params, batch_size=2), env.registry, controlnets=env.controlnets).images
+    second = generate(Txt2ImgParams(**{**params, "seed": SEED + 1}), env.registry, controlnets=env.controlnets)
+    first = generate(Txt2ImgParams(**params), env.registry, controlnets=env.controlnets)
+    for got, alone in zip(batch, (first.images[0], second.images[0]), strict=True):
+        assert np.abs(np.asarray(got, dtype=np.int16) - np.asarray(alone, dtype=np.int16)).max() <= 1

@@ -44,6 +44,7 @@ from modules.controlnet.preprocessors import (
 )
 from modules.controlnet.registry import ControlNetRegistry
 from modules.controlnet.units import HR_OPTIONS, ControlUnit, enabled_units
+from modules.devices import execution_device
 from modules.errors import UserError
 from modules.models.load import SDModel
 
@@ -223,7 +224,9 @@ def prepare_controlnets(units: tuple[ControlUnit, ...], registry: ControlNetRegi
         return None
     inputs = inputs or UnitInputs()
     unet = model.unet
-    device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
+    # Where the UNet computes (with --medvram/--lowvram its weights wait elsewhere): the ControlNet
+    # and its hints live there, next to the UNet's inputs.
+    device, dtype = execution_device(unet), next(unet.parameters()).dtype
     numpy_seed = (max(seed, 0) + (max(seed, 0) if subseed == -1 else max(subseed, 0))) & 0xFFFFFFFF
     width, height = size
     # Every model first: a wrong or missing file fails before any preprocessing is spent.
