@@ -92,7 +92,24 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--init-image", "init_image", str, "the starting picture (PNG, JPEG or WebP file); required",
          _PIXELS),
     Flag("--denoising-strength", "denoising_strength", float,
-         "how much to change the picture, 0 (keep) to 1 (replace); default 0.75 (outpaint 0.9)", _PIXELS),
+         "how much to change the picture, 0 (keep) to 1 (replace); default 0.75 (outpaint 0.9; txt2img: "
+         "the hires. fix pass, 0.7)", MODES),
+    Flag("--enable-hr", "enable_hr", None, "hires. fix: generate, upscale, then a second pass at the larger size",
+         ("txt2img",)),
+    Flag("--hr-scale", "hr_scale", float, "hires. fix upscale factor", ("txt2img",), default=2.0),
+    Flag("--hr-upscaler", "hr_upscaler", str, 'hires. fix upscaler: "Latent", "Lanczos", or a model in '
+         "models/ESRGAN", ("txt2img",), default="Latent"),
+    Flag("--hr-second-pass-steps", "hr_second_pass_steps", int, "hires. fix steps; 0 = --steps", ("txt2img",),
+         default=0),
+    Flag("--hr-resize-x", "hr_resize_x", int, "hires. fix target width instead of --hr-scale", ("txt2img",),
+         default=0),
+    Flag("--hr-resize-y", "hr_resize_y", int, "hires. fix target height instead of --hr-scale", ("txt2img",),
+         default=0),
+    Flag("--tiling", "tiling", None, "seamless: the picture's edges continue each other"),
+    Flag("--styles", "styles", str, 'styles from styles.csv, comma-separated: "Sharp,Warm"'),
+    Flag("--refiner-checkpoint", "refiner_checkpoint", str, "a second checkpoint for the last steps (SDXL refiner)"),
+    Flag("--refiner-switch-at", "refiner_switch_at", float, "fraction of the steps after which the refiner takes over",
+         default=0.8),
     Flag("--resize-mode", "resize_mode", str, f"how the init image is fitted to --width/--height: "
          f"{_choices(RESIZE_MODES_HELP)}", _IMG, default=RESIZE_MODES_HELP[0]),
     Flag("--mask", "mask", str, "the mask picture, same size as the init image: white = repaint; "
@@ -232,6 +249,8 @@ def build_params(args: argparse.Namespace) -> GenerationParams:
             value = load_image(value, "mask")  # its mode is kept: an alpha channel can be the mask
         elif flag.field in _CHOICE_FIELDS:
             value = _choice(value, allowed[flag.field])
+        elif flag.field == "styles":
+            value = tuple(name.strip() for name in value.split(",") if name.strip())
         values[flag.field] = value
     return cls(**values, override_settings=parse_overrides(getattr(args, "override_settings", None) or []))
 

@@ -187,6 +187,28 @@ def test_override_settings_apply_to_the_run(webui_main, capsys: pytest.CaptureFi
     assert not (data / "config.json").exists()  # for this run only: nothing saved
 
 
+def test_tab_switches_on_the_command_line(webui_main, capsys: pytest.CaptureFixture[str], files: dict[str, Path],
+                                          tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "styles.csv").write_text("name,prompt,negative_prompt\nSharp,sharp,blurry\n", encoding="utf-8")
+    write_tiny_checkpoint(data / "models" / "Stable-diffusion", "sd1", stem="other", seed=3)
+    args = ["txt2img", "--ckpt", str(files["ckpt"]), "--data-dir", str(data), "--prompt", "a dot", "--seed", "4",
+            "--enable-hr", "--hr-scale", "2", "--hr-second-pass-steps", "2", "--denoising-strength", "0.6",
+            "--tiling", "--styles", "Sharp", "--clip-skip", "2", "--subseed", "9", "--subseed-strength", "0.5",
+            "--refiner-checkpoint", "other.safetensors", "--refiner-switch-at", "0.5", *FAST]
+    assert webui_main(args) == 0
+    path = Path(capsys.readouterr().out.strip())
+    with Image.open(path) as image:
+        assert image.size == (128, 128)  # hires. fix doubled the 64-pixel first pass
+    prompt, negative, fields = _fields(path)
+    assert (prompt, negative) == ("a dot, sharp", "blurry")
+    assert fields["enable_hr"] and fields["hr_scale"] == 2.0 and fields["hr_second_pass_steps"] == 2
+    assert fields["denoising_strength"] == 0.6 and fields["tiling"] is True and fields["clip_skip"] == 2
+    assert fields["subseed"] == 9 and fields["subseed_strength"] == 0.5
+    assert fields["refiner_checkpoint"].startswith("other") and fields["refiner_switch_at"] == 0.5
+
+
 def test_unreadable_init_image_names_the_file(webui_main, capsys: pytest.CaptureFixture[str],
                                               files: dict[str, Path], tmp_path: Path) -> None:
     broken = tmp_path / "broken.png"
