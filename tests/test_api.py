@@ -364,9 +364,16 @@ def test_bad_options_are_refused_and_change_nothing(server: ApiServer) -> None:
         answer = requests.post(f"{server.api}/options", json=body, timeout=60)
         assert answer.status_code == status, answer.text
     assert server.ctx.options.options.to_dict() == before
-    # Unknown and read-only keys (GET /options posted back whole) are ignored, not refused.
-    assert requests.post(f"{server.api}/options", json={"sd_checkpoint_hash": "x", "not_an_option": 1},
-                         timeout=60).status_code == 200
+    # Unknown keys and wrong types are refused naming the key; read-only keys (GET /options posted back) pass.
+    for body, words in (({"sd_checkpoint_hash": "x", "not_an_option": 1}, "not_an_option"),
+                        ({"eta_noise_seed_delta": "31337"}, "eta_noise_seed_delta must be a whole number"),
+                        ({"sgm_noise_multiplier": 1}, "sgm_noise_multiplier must be true or false"),
+                        ({"samples_format": 5}, "samples_format must be text")):
+        answer = requests.post(f"{server.api}/options", json=body, timeout=60)
+        assert answer.status_code == 400 and words in answer.json()["detail"], answer.text
+    assert server.ctx.options.options.to_dict() == before
+    whole = requests.get(f"{server.api}/options", timeout=30).json()
+    assert requests.post(f"{server.api}/options", json=whole, timeout=60).status_code == 200
 
 
 # ------------------------------------------------------------------------------------------ auth and mounting

@@ -15,7 +15,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -49,7 +48,7 @@ from modules.context import AppContext
 from modules.errors import UserError
 from modules.images import read_infotext
 from modules.models.discovery import CheckpointInfo
-from modules.options import Options
+from modules.options import checked_changes
 from modules.processing.infotext import parse_infotext
 from modules.processing.params import GenerationParams
 from modules.sampling.samplers import list_samplers, validate_sampler
@@ -182,11 +181,9 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
     @router.post("/options")
     def set_options(req: Annotated[dict[str, Any], Body()]) -> None:
         """Change settings; `sd_model_checkpoint` loads that model before answering (as A1111)."""
-        known = {f.name for f in fields(Options)}
-        changes = {k: v for k, v in req.items() if k in known}
-        ignored = [k for k in req if k not in known and k not in READ_ONLY_OPTIONS]
-        if ignored:
-            log.info("POST /options: ignoring settings this program does not have: %s", ", ".join(ignored))
+        # Unknown keys and values of the wrong type are refused, naming them, before anything changes;
+        # the read-only keys of GET /options may come back with the rest.
+        changes = checked_changes({k: v for k, v in req.items() if k not in READ_ONLY_OPTIONS})
         if "default_sampler" in changes or "default_scheduler" in changes:
             opts = ctx.options.options
             sampler, schedule = validate_sampler(changes.get("default_sampler", opts.default_sampler),
