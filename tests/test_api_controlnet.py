@@ -290,6 +290,13 @@ def test_version_settings_and_model_list(api: TestClient, data_dir: Path) -> Non
         api.get("/controlnet/model_list")
 
 
+def test_listed_as_an_always_on_script(api: TestClient) -> None:
+    scripts = api.get("/sdapi/v1/scripts").json()
+    assert scripts["txt2img"][-1] == "controlnet" and scripts["img2img"][-1] == "controlnet"
+    info = [i for i in api.get("/sdapi/v1/script-info").json() if i["name"] == "controlnet"]
+    assert [(i["is_alwayson"], i["is_img2img"]) for i in info] == [(True, False), (True, True)]
+
+
 def test_module_list_and_control_types(api: TestClient, data_dir: Path) -> None:
     answer = api.get("/controlnet/module_list").json()
     assert answer["module_list"][0] == "none" and "canny" in answer["module_list"]

@@ -99,7 +99,7 @@ def test_loras_and_embeddings_in_a1111_shapes(full: TestClient) -> None:
 
 def test_scripts_and_script_info(empty: TestClient) -> None:
     scripts = empty.get(f"{API}/scripts").json()
-    assert scripts["txt2img"] == ["x/y/z plot", "prompt matrix"]
+    assert scripts["txt2img"] == ["x/y/z plot", "prompt matrix", "controlnet"]  # ControlNet: always on, as A1111 lists it
     assert {"x/y/z plot", "prompt matrix", "sd upscale", "outpainting mk2"} <= set(scripts["img2img"])
     info = empty.get(f"{API}/script-info").json()
     xyz = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter
 from safetensors import safe_open
 
+from modules.api.controlnet import SCRIPT_TITLE as CONTROLNET
 from modules.api.mapping import IMG2IMG_SCRIPTS
 from modules.api.models import LoraItem, ScriptsList
 from modules.context import AppContext
@@ -122,13 +123,16 @@ def add_listing_routes(router: APIRouter, ctx: AppContext) -> None:
     def refresh_upscalers() -> None:
         ctx.upscalers.refresh()
 
+    # A1111 lists always-on scripts too (lowercased titles, after the built-in ones): clients look for
+    # "controlnet" there to know the ControlNet extension's units are understood.
     @router.get("/scripts", response_model=ScriptsList)
     def get_scripts() -> ScriptsList:
-        return ScriptsList(txt2img=[s.name for s in scripts_for("txt2img")],
-                           img2img=[s.name for s in scripts_for("img2img")] + list(IMG2IMG_SCRIPTS))
+        return ScriptsList(txt2img=[s.name for s in scripts_for("txt2img")] + [CONTROLNET],
+                           img2img=[s.name for s in scripts_for("img2img")] + list(IMG2IMG_SCRIPTS) + [CONTROLNET])
 
     @router.get("/script-info")
     def get_script_info() -> list[dict[str, Any]]:
         infos = [s.info(mode) for mode in ("txt2img", "img2img") for s in scripts_for(mode)]
         infos += [{"name": name, "is_alwayson": False, "is_img2img": True, "args": []} for name in IMG2IMG_SCRIPTS]
+        infos += [{"name": CONTROLNET, "is_alwayson": True, "is_img2img": img2img, "args": []} for img2img in (False, True)]
         return infos
