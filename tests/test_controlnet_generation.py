@@ -360,3 +360,17 @@ def test_batch_images_equal_their_single_runs(env: SimpleNamespace) -> None:
     first = generate(Txt2ImgParams(**params), env.registry, controlnets=env.controlnets)
     for got, alone in zip(batch, (first.images[0], second.images[0]), strict=True):
         assert np.abs(np.asarray(got, dtype=np.int16) - np.asarray(alone, dtype=np.int16)).max() <= 1
+
+
+def test_shuffle_controlnet_is_pooled(env: SimpleNamespace, tmp_path: Path) -> None:
+    """A ControlNet named like lllyasviel's shuffle model: conditional half only, each output averaged
+    over the picture after scaling (the extension's global average pooling)."""
+    _, net = write_tiny_controlnet(tmp_path, "sd1", "ldm_prefixed", stem="tiny_shuffle", gain=GAIN,
+                                   hint_gain=HINT_GAIN)
+    pooled_env = SimpleNamespace(**{**vars(env), "controlnets": ControlNetRegistry([tmp_path]), "net": net})
+    _, calls = run(pooled_env, unit(model="tiny_shuffle", weight=0.6), steps=1)
+    call = calls[0]
+    for got, raw in zip([*call["down"], call["mid"]], raw_outputs(pooled_env, call), strict=True):
+        want = torch.cat([torch.zeros_like(raw[:1]), raw[1:] * 0.6]).mean(dim=(2, 3), keepdim=True)
+        assert got.shape[-2:] == (1, 1)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

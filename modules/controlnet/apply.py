@@ -14,6 +14,9 @@ The rules are those of A1111's ControlNet extension (`scripts/hook.py`, `scripts
   control on the unconditional half of the CFG batch. In the hires. fix pass, canny and mlsd units
   always use soft injection; `hr_option` decides which passes a unit acts in.
 * Several units: their outputs are summed, output by output, in unit order.
+* Shuffle ControlNets (an SD 1.x/2.x file with "shuffle" in its name, how the extension recognises
+  them) are global-average-pooled: control on the conditional half only, each output averaged over
+  the picture after scaling.
 
 A unit with weight 0 or outside its window is not run at all: adding its zero residual would change
 nothing, so the image is exactly the one without it.
@@ -97,6 +100,7 @@ class PreparedUnit:
     hr_hint: torch.Tensor | None = None  # the same at the hires. fix size
     maps: list[Image.Image] = field(default_factory=list)  # fitted maps, when the unit saves them
     infotext: str = ""
+    pooled: bool = False  # global average pooling (shuffle ControlNets)
 
 
 @dataclass
@@ -149,13 +153,16 @@ class ControlNets:
         down, mid = model(x.to(dtype), t, encoder_hidden_states=context.to(dtype), controlnet_cond=hint,
                           conditioning_scale=1.0, added_cond_kwargs=added, return_dict=False)
         outputs = [*down, mid]
-        if unit.cond_only:
+        if unit.cond_only or prepared.pooled:
             half = x.shape[0] // 2
             mark = torch.cat([torch.zeros(half), torch.ones(x.shape[0] - half)]).to(outputs[0])
             outputs = [o * mark[:, None, None, None] for o in outputs]
         soft = unit.soft_injection or (second_pass and any(m in unit.module for m in _SOFT_IN_HIRES))
         scales = control_scales(unit.weight, len(outputs), soft)
-        return [o * s for o, s in zip(outputs, scales, strict=True)]
+        outputs = [o * s for o, s in zip(outputs, scales, strict=True)]
+        if prepared.pooled:
+            outputs = [torch.mean(o, dim=(2, 3), keepdim=True) for o in outputs]
+        return outputs
 
 
 @dataclass(frozen=True)
@@ -268,7 +275,8 @@ def prepare_controlnets(units: tuple[ControlUnit, ...], registry: ControlNetRegi
         if hint.shape[1] != net.info.hint_channels:
             raise UserError(f"ControlNet unit {number}: model {file.model_name} takes a {net.info.hint_channels}-channel "
                             f"hint but module {unit.module} makes {hint.shape[1]} channels; choose a matching module.")
-        prepared.append(PreparedUnit(number, unit, net.model, file.title(), hint, hr_hint, maps, text))
+        pooled = not net.info.family.startswith("sdxl") and "shuffle" in file.path.stem.lower()
+        prepared.append(PreparedUnit(number, unit, net.model, file.title(), hint, hr_hint, maps, text, pooled))
         log.info("ControlNet unit %d: %s with %s, weight %s, steps %s-%s, %s", number, unit.module,
                  file.model_name, unit.weight, unit.guidance_start, unit.guidance_end, unit.control_mode)
     return ControlNets(prepared, hires=hr_size is not None)
