@@ -212,8 +212,8 @@ def _build_unit(ctx: AppContext, mode: str, index: int, width: gr.Slider | None,
         module = gr.Dropdown(_module_choices(), value="none", label="Preprocessor", elem_id=f"{eid}_module")
         model = gr.Dropdown(model_choices(ctx), value=NO_MODEL, label="Model", allow_custom_value=True,
                             elem_id=f"{eid}_model")
-        refresh = gr.Button("\U0001f504", size="sm", min_width=40, elem_id=f"{eid}_refresh")
-        preview_button = gr.Button("Preview", size="sm", min_width=80, elem_id=f"{eid}_preview_button")
+        refresh = gr.Button("\U0001f504", size="sm", min_width=40, scale=0, elem_id=f"{eid}_refresh")
+        preview_button = gr.Button("Preview", size="sm", min_width=80, scale=0, elem_id=f"{eid}_preview_button")
     with gr.Row():
         weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control Weight", elem_id=f"{eid}_weight")
         start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Starting Control Step",
