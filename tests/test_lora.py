@@ -462,6 +462,47 @@ def test_panel_and_train_tab_in_the_browser(home: Path, lora_files: dict[str, Pa
     assert (home / "models" / "Lora" / "fromui.safetensors").is_file()
 
 
+def test_training_defaults_follow_the_base_model(tmp_path: Path) -> None:
+    import webui
+    from modules.models.arch import load_ldm_config
+    from modules.training.lora.cli import settings_from_args
+    from modules.training.lora.defaults import (
+        FULL_SIZE,
+        SMALL,
+        defaults_for,
+        defaults_for_file,
+        with_defaults,
+    )
+
+    configs = REPO / "configs"
+    for name in ("v1-inference.yaml", "v2-inference-v.yaml", "sd_xl_base.yaml"):
+        assert defaults_for(load_ldm_config(configs / name)) == FULL_SIZE, name
+    assert (FULL_SIZE.learning_rate, FULL_SIZE.batch_size, FULL_SIZE.lr_schedule) == (1e-4, 1, "constant")
+    assert defaults_for_file(DEFAULT_MODEL) == SMALL
+    assert {k: getattr(SMALL, k) for k in NEW_SHAPE_SETTINGS} == NEW_SHAPE_SETTINGS
+    # train-lora with only --data and --name gives nothing of its own; flags given win over the defaults.
+    parser = webui.build_parser()
+    settings, given = settings_from_args(parser.parse_args(["train-lora", "--data", str(tmp_path), "--name", "x"]))
+    assert given == set()
+    assert with_defaults(settings, SMALL, given).learning_rate == 2e-3
+    settings, given = settings_from_args(parser.parse_args(["train-lora", "--data", str(tmp_path), "--name", "x",
+                                                            "--lr", "0.01", "--batch-size", "2"]))
+    chosen = with_defaults(settings, SMALL, given)
+    assert (chosen.learning_rate, chosen.batch_size, chosen.lr_schedule) == (0.01, 2, "cosine")
+    # The Train tab shows the same defaults for the chosen checkpoint before starting.
+    import gradio as gr
+
+    from modules.context import AppContext, Paths
+    from modules.ui.train_tab import build_train_tab, model_defaults
+
+    ctx = AppContext.create(Paths.make(data_dir=tmp_path / "home"), CPU)
+    assert model_defaults(ctx, DEFAULT_MODEL.name) == SMALL
+    with gr.Blocks() as demo:
+        build_train_tab(ctx)
+    values = {c.elem_id: c.value for c in demo.blocks.values() if getattr(c, "elem_id", None) and hasattr(c, "value")}
+    assert values["train_lr"] == 2e-3 and values["train_batch_size"] == 8 and values["train_lr_schedule"] == "cosine"
+
+
 def test_buckets_keep_the_aspect_ratio() -> None:
     buckets = D.bucket_sizes(512)
     assert (512, 512) in buckets
@@ -513,7 +554,13 @@ def taught(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = judge_prompts(registry, NEW_SHAPE, EVAL_PAIRS, NEW_SHAPE_SEEDS)
     before = {prompt: _default_picture(registry, prompt) for prompt in EXACT_PROMPTS}
     write_shape_folder(root / "data", NEW_SHAPE, count=32)
-    settings = LoraTrainSettings(data_dir=root / "data", name=NEW_SHAPE, seed=0, **NEW_SHAPE_SETTINGS)
+    # Only the data and the name, as `train-lora --data DIR --name NAME`: the rest are the defaults the
+    # base model gets (modules/training/lora/defaults.py).
+    from modules.training.lora.defaults import defaults_for_file, with_defaults
+
+    settings = with_defaults(LoraTrainSettings(data_dir=root / "data", name=NEW_SHAPE, seed=0),
+                             defaults_for_file(DEFAULT_MODEL), given=set()).validate()
+    assert {k: getattr(settings, k) for k in NEW_SHAPE_SETTINGS} == NEW_SHAPE_SETTINGS
     start = time.perf_counter()
     # Its own copy of the model, as train-lora does: the registry's model must stay untouched.
     result = train_lora(load_checkpoint(DEFAULT_MODEL, CPU), settings, root / "Lora")

@@ -17,11 +17,25 @@ import gradio as gr
 
 from modules.context import AppContext
 from modules.errors import UserError
+from modules.training.lora.defaults import FULL_SIZE, LoraDefaults, defaults_for_file
 from modules.training.lora.run import TrainJob, start_training
 from modules.training.lora.train import LR_SCHEDULES, UNET_TARGETS, LoraTrainSettings
 from modules.ui.common import checkpoint_names, error_html, info_html, selected_checkpoint
 
 POLL_SECONDS = 1.0
+
+
+def model_defaults(ctx: AppContext, checkpoint: str | None) -> LoraDefaults:
+    """The training defaults for a checkpoint of the list (the usual values if it cannot be read)."""
+    try:
+        info = ctx.registry.find(checkpoint) if checkpoint else ctx.registry.default_checkpoint()
+        return defaults_for_file(info.path) if info else FULL_SIZE
+    except (UserError, OSError, ValueError):
+        return FULL_SIZE
+
+
+def _defaults_note(defaults: LoraDefaults) -> str:
+    return f"Defaults for this checkpoint: {defaults.why}. Change any of them below."
 
 
 def _eta(seconds: float) -> str:
@@ -67,6 +81,7 @@ def _gallery(job: TrainJob) -> list[tuple[str, str]]:
 
 def build_train_tab(ctx: AppContext) -> None:
     """The tab's components, built inside an open `gr.Tab` (or Blocks) context, and their events."""
+    start_defaults = model_defaults(ctx, selected_checkpoint(ctx))  # shown before starting; follow the checkpoint
     current: dict[str, TrainJob | None] = {"job": None}  # this server's training (one at a time)
 
     with gr.Row(equal_height=False):
@@ -76,18 +91,21 @@ def build_train_tab(ctx: AppContext) -> None:
                         f"`{ctx.paths.lora_dir}` and is used with `<lora:NAME:1>` in a prompt.")
             checkpoint = gr.Dropdown(checkpoint_names(ctx), value=lambda: selected_checkpoint(ctx),
                                      label="Base checkpoint", elem_id="train_checkpoint")
+            defaults_note = gr.Markdown(_defaults_note(start_defaults), elem_id="train_defaults")
             data_dir = gr.Textbox(label="Data folder", placeholder="/path/to/pictures", elem_id="train_data_dir")
             with gr.Row():
                 name = gr.Textbox(label="LoRA name", placeholder="my-style", elem_id="train_name")
                 default_caption = gr.Textbox(label="Caption for pictures without a .txt",
                                              placeholder="(the name)", elem_id="train_default_caption")
             with gr.Row():
-                rank = gr.Slider(1, 128, value=16, step=1, label="Rank (dim)", elem_id="train_rank")
-                alpha = gr.Number(value=8.0, label="Alpha", minimum=0.01, elem_id="train_alpha")
+                rank = gr.Slider(1, 128, value=start_defaults.rank, step=1, label="Rank (dim)", elem_id="train_rank")
+                alpha = gr.Number(value=start_defaults.alpha, label="Alpha", minimum=0.01, elem_id="train_alpha")
             with gr.Row():
-                lr = gr.Number(value=1e-4, label="Learning rate", elem_id="train_lr")
-                steps = gr.Number(value=1000, precision=0, minimum=1, label="Steps", elem_id="train_steps")
-                batch_size = gr.Slider(1, 64, value=1, step=1, label="Batch size", elem_id="train_batch_size")
+                lr = gr.Number(value=start_defaults.learning_rate, label="Learning rate", elem_id="train_lr")
+                steps = gr.Number(value=start_defaults.steps, precision=0, minimum=1, label="Steps",
+                                  elem_id="train_steps")
+                batch_size = gr.Slider(1, 64, value=start_defaults.batch_size, step=1, label="Batch size",
+                                       elem_id="train_batch_size")
             with gr.Row():
                 resolution = gr.Slider(0, 2048, value=0, step=8, label="Resolution", info="0 = the model's size",
                                        elem_id="train_resolution")
@@ -108,13 +126,14 @@ def build_train_tab(ctx: AppContext) -> None:
             with gr.Accordion("Advanced", open=False):
                 with gr.Row():
                     warmup = gr.Number(value=0, precision=0, minimum=0, label="Warm-up steps", elem_id="train_warmup")
-                    min_snr = gr.Number(value=0.0, minimum=0, label="Min-SNR gamma", info="0 = off; 5 is usual",
-                                        elem_id="train_min_snr")
+                    min_snr = gr.Number(value=start_defaults.min_snr_gamma, minimum=0, label="Min-SNR gamma",
+                                        info="0 = off; 5 is usual", elem_id="train_min_snr")
                     checkpointing = gr.Dropdown(["Automatic", "On", "Off"], value="Automatic",
                                                 label="Gradient checkpointing", info="Automatic: on for CUDA",
                                                 elem_id="train_gradient_checkpointing")
                 with gr.Row():
-                    schedule = gr.Dropdown(list(LR_SCHEDULES), value="constant", label="Learning-rate schedule",
+                    schedule = gr.Dropdown(list(LR_SCHEDULES), value=start_defaults.lr_schedule,
+                                           label="Learning-rate schedule",
                                            info="cosine: down to 0 at the last step", elem_id="train_lr_schedule")
                     layers = gr.Dropdown(list(UNET_TARGETS), value="transformer", label="UNet layers",
                                          info="transformer: all linear layers of the attention blocks (kohya's "
@@ -160,6 +179,14 @@ def build_train_tab(ctx: AppContext) -> None:
         job.stop.set()
         return info_html("Stopping after the current step; what was learnt so far is saved.")
 
+    def on_checkpoint(ckpt: str | None) -> list[Any]:
+        chosen = model_defaults(ctx, ckpt)
+        return [_defaults_note(chosen), chosen.rank, chosen.alpha, chosen.learning_rate, chosen.steps,
+                chosen.batch_size, chosen.lr_schedule, chosen.min_snr_gamma]
+
+    checkpoint.change(on_checkpoint, inputs=checkpoint,
+                      outputs=[defaults_note, rank, alpha, lr, steps, batch_size, schedule, min_snr],
+                      concurrency_limit=None, show_progress="hidden", api_visibility="undocumented")
     start.click(on_start, inputs=inputs, outputs=[progress, samples, message], concurrency_id="train",
                 concurrency_limit=1, api_visibility="undocumented", show_progress="minimal")
     stop.click(on_stop, inputs=None, outputs=message, concurrency_limit=None, show_progress="hidden",

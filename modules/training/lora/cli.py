@@ -36,25 +36,30 @@ def add_train_lora_parser(subparsers: argparse._SubParsersAction,
     g.add_argument("--name", required=True, help="LoRA name: the file name and the <lora:NAME> tag")
     g.add_argument("--default-caption", default="", metavar="TEXT",
                    help="caption for pictures without a .txt (default: the name)")
-    g.add_argument("--rank", type=int, default=16, help="LoRA rank (network dim) (default: 16)")
-    g.add_argument("--alpha", type=float, default=8.0, help="LoRA alpha; the change is scaled by alpha/rank (default: 8)")
-    g.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
+    g.add_argument("--rank", type=int, default=None, help="LoRA rank (network dim) (default: 16)")
+    g.add_argument("--alpha", type=float, default=None,
+                   help="LoRA alpha; the change is scaled by alpha/rank (default: 8; 16 for small models)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: from the base model: 1e-4 for full-size SD 1.x/2.x/SDXL, "
+                        "2e-3 for small models such as the embedded one)")
     g.add_argument("--train-text-encoder", action="store_true", help="train LoRA layers in the text encoder(s) too")
     g.add_argument("--text-encoder-lr", type=float, default=0.0, help="text encoder learning rate (default: --lr)")
-    g.add_argument("--steps", type=int, default=1000, help="training steps (default: 1000)")
-    g.add_argument("--batch-size", type=int, default=1, help="pictures per step (default: 1)")
+    g.add_argument("--steps", type=int, default=None, help="training steps (default: 1000)")
+    g.add_argument("--batch-size", type=int, default=None, help="pictures per step (default: 1; 8 for small models)")
     g.add_argument("--resolution", type=int, default=0,
                    help="training size in pixels (default: 0 = the model's native size)")
     g.add_argument("--bucket", action="store_true",
                    help="aspect-ratio buckets instead of square centre crops")
     g.add_argument("--seed", type=int, default=1234, help="seed (default: 1234)")
     g.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps (default: 0)")
-    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                   help="learning rate after the warm-up: constant, or cosine down to 0 (default: constant)")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                   help="learning rate after the warm-up: constant, or cosine down to 0 "
+                        "(default: constant; cosine for small models)")
     g.add_argument("--unet-layers", choices=("transformer", "attention"), default="transformer",
                    help="UNet layers with adapters: every linear layer of the attention blocks (kohya's default), "
                         "or only the attention projections q/k/v/out (default: transformer)")
-    g.add_argument("--min-snr-gamma", type=float, default=0.0, help="min-SNR loss weighting, e.g. 5 (default: off)")
+    g.add_argument("--min-snr-gamma", type=float, default=None,
+                   help="min-SNR loss weighting, e.g. 5 (default: off; 5 for small models)")
     g.add_argument("--sample-every", type=int, default=0, metavar="N",
                    help="make sample pictures every N steps (default: 0 = never)")
     g.add_argument("--sample-prompt", action="append", default=[], metavar="TEXT",
@@ -71,18 +76,24 @@ def add_train_lora_parser(subparsers: argparse._SubParsersAction,
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> LoraTrainSettings:
+# Flags whose default comes from the base model (modules/training/lora/defaults.py).
+_TUNED_FLAGS = {"rank": "rank", "alpha": "alpha", "lr": "learning_rate", "steps": "steps",
+                "batch_size": "batch_size", "lr_schedule": "lr_schedule", "min_snr_gamma": "min_snr_gamma"}
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[LoraTrainSettings, set[str]]:
+    """The settings from the flags (checked), and which of the model-dependent ones were given."""
     from modules.training.lora.train import LoraTrainSettings
 
-    return LoraTrainSettings(
-        data_dir=args.data, name=args.name, rank=args.rank, alpha=args.alpha, learning_rate=args.lr,
-        train_text_encoder=args.train_text_encoder, text_encoder_lr=args.text_encoder_lr, steps=args.steps,
-        batch_size=args.batch_size, resolution=args.resolution, bucket=args.bucket, seed=args.seed,
-        default_caption=args.default_caption, warmup_steps=args.warmup_steps, min_snr_gamma=args.min_snr_gamma,
-        lr_schedule=args.lr_schedule, unet_targets=args.unet_layers,
+    given = {field: getattr(args, flag) for flag, field in _TUNED_FLAGS.items() if getattr(args, flag) is not None}
+    settings = LoraTrainSettings(
+        data_dir=args.data, name=args.name, train_text_encoder=args.train_text_encoder,
+        text_encoder_lr=args.text_encoder_lr, resolution=args.resolution, bucket=args.bucket, seed=args.seed,
+        default_caption=args.default_caption, warmup_steps=args.warmup_steps, unet_targets=args.unet_layers,
         sample_every=args.sample_every, sample_prompts=tuple(args.sample_prompt), save_every=args.save_every,
-        gradient_checkpointing=args.gradient_checkpointing, save_dtype=args.save_precision,
+        gradient_checkpointing=args.gradient_checkpointing, save_dtype=args.save_precision, **given,
     ).validate()
+    return settings, set(given)
 
 
 def run_train_lora(ctx: AppContext, args: argparse.Namespace) -> int:
@@ -93,13 +104,19 @@ def run_train_lora(ctx: AppContext, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from modules.errors import UserError
+    from modules.training.lora.defaults import defaults_for, with_defaults
     from modules.training.lora.run import load_base_model
     from modules.training.lora.train import TrainProgress, train_lora
 
     real_stdout = sys.stdout
     with contextlib.redirect_stdout(sys.stderr):
-        settings = settings_from_args(args)  # bad flags fail before any model is loaded
+        settings, given = settings_from_args(args)  # bad flags fail before any model is loaded
         model, info = load_base_model(ctx)
+        defaults = defaults_for(model.arch)
+        settings = with_defaults(settings, defaults, given).validate()
+        log.info("Training defaults for %s: %s (lr %g, batch %d, %s, min-SNR %g; flags given override them)",
+                 info.name, defaults.why, settings.learning_rate, settings.batch_size, settings.lr_schedule,
+                 settings.min_snr_gamma)
         bar = tqdm(total=settings.steps, desc=f"train-lora {settings.name}", dynamic_ncols=True, file=sys.stderr)
 
         def on_progress(report: TrainProgress) -> None:
