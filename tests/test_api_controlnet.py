@@ -143,7 +143,10 @@ def variants() -> dict[str, dict[str, Any]]:
         "old alias input_image": {k: v for k, v in unit(**named, input_image=data).items() if k != "image"},
         "module by its label, any case": unit(**{**named, "module": "CANNY"}),
         "old aliases guidance and lowvram": unit(**named, guidance=1.0, lowvram=True),
-        "null means default": unit(**named, weight=None, guidance_start=None, pixel_perfect=None),
+        "null means default": unit(**named, weight=None, guidance_start=None, pixel_perfect=None,
+                                   advanced_weighting=None, effective_region_mask=None),
+        "fields of other features ignored": unit(**named, pulid_mode="Fidelity", union_control_type="Unknown",
+                                                 is_ui=False, batch_images=""),
     }
 
 
@@ -243,6 +246,7 @@ def test_webuiapi_controlnet_unit(data_dir: Path, tmp_path: Path) -> None:
     ([unit()] * 4, ["4 ControlNet units", "at most 3"]),
     (["canny"], ["ControlNet unit 0", "str"]),
     ([unit(model="tiny_xl_canny")], ["ControlNet unit 0", "SDXL", "SD 1.x"]),
+    ([unit(advanced_weighting=[1.0] * 13)], ["ControlNet unit 0", "advanced_weighting", "not supported"]),
     ([unit(image=None)], ["ControlNet unit 0", "no image"]),
 ])
 def test_bad_units_are_refused_naming_the_field(api: TestClient, units: list[Any], words: list[str]) -> None:

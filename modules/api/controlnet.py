@@ -31,6 +31,9 @@ _ALIASES = {"input_image": "image", "guidance": "guidance_end", "lowvram": "low_
 _BOOLS = ("pixel_perfect", "low_vram", "save_detected_map")
 _FLOATS = ("weight", "threshold_a", "threshold_b", "guidance_start", "guidance_end")
 _MODES = ("resize_mode", "control_mode", "hr_option")
+# Extension fields that change the picture but are not implemented here: refused when set (a picture
+# made without them would look like success); clients that send them as null are fine.
+_UNSUPPORTED = ("advanced_weighting", "effective_region_mask", "ipadapter_input")
 
 
 def split_scripts(scripts: Mapping[str, Any] | None) -> tuple[Any, list[str]]:
@@ -80,6 +83,9 @@ def unit_from_json(index: int, data: Any, decode: Any) -> ControlUnit:
             log.warning("%s has an image but no 'enabled': true, so it is off (as in the ControlNet extension).",
                         where)
         return ControlUnit()
+    for name in _UNSUPPORTED:
+        if values.get(name) is not None:
+            raise UserError(f"{where}: {name} is not supported by this server; leave it out (or null).")
     fields: dict[str, Any] = {"enabled": True}
     for name in ("module", "model"):
         value = values.get(name)
