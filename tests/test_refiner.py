@@ -112,3 +112,24 @@ def test_refiner_is_loaded_once_for_a_series_of_requests(registry: ModelRegistry
     assert np.array_equal(np.asarray(first), np.asarray(again))
     generate(_params(checkpoint="xl", width=64, height=64, refiner_checkpoint="xl-other"), registry)
     assert loads == ["tiny-other", "xl-other"]  # another refiner replaces the kept one
+
+
+def test_sdxl_refiner_scores_the_negative_low_and_the_positive_high() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from modules.processing.params import Txt2ImgParams
+    from modules.processing.run import _unet_conditioning
+    from modules.text.conditioning import Conditioning
+
+    # A1111's sdxl_refiner_low_aesthetic_score / high: 2.5 for the negative side, 6.0 for the prompt.
+    batch, width = 2, 8
+    cond = Conditioning(torch.zeros(batch, 77, width), torch.zeros(batch, 4))
+    uncond = Conditioning(torch.zeros(batch, 77, width), torch.zeros(batch, 4))
+    params = Txt2ImgParams(width=96, height=64)
+    for family, expected in (("sdxl_refiner", [[64, 96, 0, 0, 2.5]] * 2 + [[64, 96, 0, 0, 6.0]] * 2),
+                             ("sdxl", [[64, 96, 0, 0, 64, 96]] * 4)):
+        model = SimpleNamespace(arch=SimpleNamespace(is_sdxl=True, family=family))
+        _, added = _unet_conditioning(model, params, cond, uncond, torch.device("cpu"), torch.float32)
+        assert added["time_ids"].tolist() == expected, family

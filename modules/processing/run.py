@@ -101,6 +101,8 @@ class _Stage:
     start: int = 0
 
 
+REFINER_LOW_AESTHETIC, REFINER_HIGH_AESTHETIC = 2.5, 6.0
+
 # A hook run on every finished image (extensions: "a step after an image is made").
 ImageHook = Callable[[Image.Image, str, GenerationParams], Image.Image | None]
 
@@ -184,6 +186,8 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                 # Prompts are encoded while sampling (per step's text): the embeddings used are known now.
                 network_fields = networks.infotext_fields(encoder.embeddings.used if encoder.embeddings else None)
                 for i, image in enumerate(images):
+                    if job.controlnets is not None:
+                        image = job.controlnets.finish(image)  # inpaint_only's paste, before the overlay
                     image = _finish(image, pixels)
                     # With hires. fix, "Size" is the first pass's, as A1111 writes it.
                     size = (params.width, params.height) if hr is not None else image.size
@@ -288,11 +292,13 @@ def encode_image(model: SDModel, image: Image.Image) -> torch.Tensor:
 
 
 def decode_latents(model: SDModel, latents: torch.Tensor, auto_precision: bool = True) -> list[Image.Image]:
-    device, dtype = execution_device(model.vae), next(model.vae.parameters()).dtype
+    device = execution_device(model.vae)
     images = []
     with torch.no_grad():
         for latent in latents:  # one at a time: the decoder's activations dominate memory
-            x = vae_decode(model.vae, (latent[None] / model.arch.scale_factor).to(device, dtype), auto_precision)
+            # float32 in: the decode casts to the VAE's dtype itself, and a fall-back to fp32 then
+            # decodes the unrounded latents.
+            x = vae_decode(model.vae, (latent[None].float() / model.arch.scale_factor).to(device), auto_precision)
             arr = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             images.append(Image.fromarray(arr))
     return images
@@ -390,6 +396,8 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
                          if job.controlnets is not None and stage is stages[0] else {})
             out = stage.model.unet(x_in, t, encoder_hidden_states=context, added_cond_kwargs=added,
                                    **residuals).sample
+            if job.controlnets is not None and stage is stages[0]:
+                out = job.controlnets.after_unet(out, x_in, t, second_pass)  # inpaint_only's restore
             out_uncond, out_cond = out.float().chunk(2)
             guided = out_uncond + params.cfg_scale * (out_cond - out_uncond)
             latents = scheduler_step(scheduler, guided, t, latents, generators)
@@ -436,10 +444,15 @@ def _unet_conditioning(model: SDModel, params: GenerationParams, cond: Condition
     batch = cond.context.shape[0]
     added = None
     if model.arch.is_sdxl and cond.pooled is not None and uncond.pooled is not None:
-        time_ids = sdxl_time_ids((params.height, params.width), (0, 0), (params.height, params.width))
         if model.arch.family == "sdxl_refiner":
-            time_ids = torch.tensor([params.height, params.width, 0, 0, 6.0])
-        time_ids = time_ids.to(device, dtype)[None].expand(2 * batch, -1)
+            # Size, crop and aesthetic score: A1111's defaults score the negative side 2.5 and the
+            # positive 6.0 (sdxl_refiner_low/high_aesthetic_score), as the refiner was trained.
+            time_ids = torch.tensor([[params.height, params.width, 0, 0, score] for score in
+                                     [REFINER_LOW_AESTHETIC] * batch + [REFINER_HIGH_AESTHETIC] * batch])
+        else:
+            time_ids = sdxl_time_ids((params.height, params.width), (0, 0), (params.height, params.width))
+            time_ids = time_ids[None].expand(2 * batch, -1)
+        time_ids = time_ids.to(device, dtype)
         added = {"text_embeds": torch.cat([uncond.pooled, cond.pooled]).to(device, dtype), "time_ids": time_ids}
     return torch.cat([uncond.context, cond.context]).to(device, dtype), added
 
