@@ -142,5 +142,6 @@ def sampler_settings(options: Options) -> SamplerSettings:
     return SamplerSettings(
         eta_noise_seed_delta=options.eta_noise_seed_delta, sgm_noise_multiplier=options.sgm_noise_multiplier,
         always_discard_next_to_last_sigma=options.always_discard_next_to_last_sigma,
+        img2img_fix_steps=options.img2img_fix_steps,
         schedule=ScheduleSettings(rho=options.rho, beta_alpha=options.beta_dist_alpha,
                                   beta_beta=options.beta_dist_beta))

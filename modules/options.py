@@ -37,6 +37,8 @@ class Options:
     rho: float = 0.0  # Karras / Polyexponential rho; 0 = the schedule's own (7 / 1)
     beta_dist_alpha: float = 0.6  # Beta schedule
     beta_dist_beta: float = 0.6
+    # img2img runs exactly its steps (at the end of a schedule stretched to steps / strength), as hires. fix.
+    img2img_fix_steps: bool = False
     # Decode again in fp32 when a reduced-precision VAE decode gives NaN/inf (A1111's
     # "Automatically revert VAE to 32-bit floats").
     auto_vae_precision: bool = True

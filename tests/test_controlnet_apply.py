@@ -142,3 +142,27 @@ def test_inpaint_inputs_inverted_and_blurred() -> None:
     blurred = blur_mask(inputs.mask, 2)
     # A1111's kernel: 2 * int(2.5 * 2 + 0.5) + 1 = 11 wide, sigma 2: the edge is softened both sides.
     assert 0 < blurred[16, 15] < 128 < blurred[16, 16] < 255 and blurred[16, 0] == 0 and blurred[16, 31] == 255
+
+
+def test_inpaint_restore_noise_follows_the_rule() -> None:
+    """eps' = (x / sqrt(a) - x0') / sqrt(1 / a - 1), x0' = x0 inside the mask and the picture's latents
+    outside, blended with the output by the weight; a = alpha_bar at the rounded time (DDPM schedule)."""
+    from diffusers import DDPMScheduler
+
+    from modules.controlnet.restore import InpaintRestore, _schedule
+
+    model = build_random_model("sd1")
+    sqrt_recip, sqrt_recip_m1 = _schedule(model)
+    torch.manual_seed(0)
+    out, x, origin = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :3] = 1
+    restore = InpaintRestore(origin, mask, 0.75, sqrt_recip, sqrt_recip_m1, np.zeros((64, 64)), np.zeros((64, 64, 3)))
+    got = restore.noise(out, x, torch.tensor(499.6))
+    alpha_bar = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod[500]
+    x0 = (x - (1 - alpha_bar).sqrt() * out) / alpha_bar.sqrt()
+    x0 = x0 * mask + origin * (1 - mask)
+    eps = (x / alpha_bar.sqrt() - x0) / (1 / alpha_bar - 1).sqrt()
+    torch.testing.assert_close(got, eps * 0.75 + out * 0.25, rtol=1e-4, atol=1e-4)
+    # Inside the mask the prediction is the output's own: nothing changes there.
+    torch.testing.assert_close(got[..., :3], out[..., :3], rtol=1e-4, atol=1e-4)

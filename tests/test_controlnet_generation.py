@@ -374,3 +374,16 @@ def test_shuffle_controlnet_is_pooled(env: SimpleNamespace, tmp_path: Path) -> N
         want = torch.cat([torch.zeros_like(raw[:1]), raw[1:] * 0.6]).mean(dim=(2, 3), keepdim=True)
         assert got.shape[-2:] == (1, 1)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_inpaint_only_with_its_own_mask_keeps_the_picture_outside(env: SimpleNamespace) -> None:
+    """txt2img with an inpaint_only unit: outside the mask (and its 7-pixel soft seam) the result is the
+    control picture itself; inside, something new is drawn."""
+    picture = Image.new("RGB", (SIZE, SIZE), (200, 120, 40))
+    ImageDraw.Draw(picture).ellipse([36, 20, 56, 40], fill=(20, 40, 220))
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (0, 0, 24, SIZE))
+    image, calls = run(env, unit(module="inpaint_only", image=picture, mask=mask), steps=3)
+    kept = np.asarray(picture, dtype=np.int16)
+    assert np.array_equal(image[:, 34:], kept[:, 34:])  # 24 + dilation 3 + blur 3, and a margin
+    assert np.abs(image[:, :20] - kept[:, :20]).mean() > 10

@@ -179,3 +179,22 @@ def test_hires_pass_steps_follow_a1111() -> None:
     assert _steps_from_picture(20, 0.7, True, True) == (28, 20)
     # DDIM, PLMS, UniPC, LCM keep their own rule.
     assert _steps_from_picture(20, 0.75, False, False) == (20, 15)
+
+
+def test_img2img_fix_steps_runs_every_step(registry: ModelRegistry) -> None:
+    from PIL import Image
+
+    from modules.processing.params import Img2ImgParams
+    from modules.sampling.samplers import SamplerSettings
+
+    unet = registry.load(registry.checkpoints[0].name).unet
+    for fixed, calls in ((False, int(0.5 * STEPS) + 1), (True, STEPS)):
+        seen: list = []
+        handle = unet.register_forward_pre_hook(lambda module, args: seen.append(1))
+        try:
+            generate(Img2ImgParams(prompt="x", sampler="Euler", steps=STEPS, seed=SEED, denoising_strength=0.5,
+                                   init_image=Image.new("RGB", (SIDE, SIDE), (90, 30, 30)), save=False),
+                     registry, sampling=SamplerSettings(img2img_fix_steps=fixed))
+        finally:
+            handle.remove()
+        assert len(seen) == calls

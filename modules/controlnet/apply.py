@@ -18,6 +18,7 @@ The rules are those of A1111's ControlNet extension (`scripts/hook.py`, `scripts
   them) are global-average-pooled: control on the conditional half only, each output averaged over
   the picture after scaling.
 
+inpaint_only on a unit's own mask also restores the picture outside the mask (controlnet/restore.py).
 A unit with weight 0 or outside its window is not run at all: adding its zero residual would change
 nothing, so the image is exactly the one without it.
 """
@@ -46,6 +47,7 @@ from modules.controlnet.preprocessors import (
     run_module,
 )
 from modules.controlnet.registry import ControlNetRegistry
+from modules.controlnet.restore import InpaintRestore, inpaint_restore
 from modules.controlnet.units import HR_OPTIONS, ControlUnit, enabled_units
 from modules.devices import execution_device
 from modules.errors import UserError
@@ -101,6 +103,8 @@ class PreparedUnit:
     maps: list[Image.Image] = field(default_factory=list)  # fitted maps, when the unit saves them
     infotext: str = ""
     pooled: bool = False  # global average pooling (shuffle ControlNets)
+    restore: InpaintRestore | None = None  # inpaint_only on the unit's own mask (controlnet/restore.py)
+    hr_restore: InpaintRestore | None = None
 
 
 @dataclass
@@ -142,6 +146,23 @@ class ControlNets:
         if total is None:
             return {}
         return {"down_block_additional_residuals": tuple(total[:-1]), "mid_block_additional_residual": total[-1]}
+
+    def after_unet(self, out: torch.Tensor, x_in: torch.Tensor, t: torch.Tensor | float,
+                   second_pass: bool = False) -> torch.Tensor:
+        """The UNet output with inpaint_only's restore applied (every call, whatever the window)."""
+        for prepared in self.units:
+            restore = prepared.hr_restore if second_pass and prepared.hr_restore else prepared.restore
+            if restore is not None:
+                out = restore.noise(out, x_in, t)
+        return out
+
+    def finish(self, image: Image.Image) -> Image.Image:
+        """A decoded picture with inpaint_only's picture pasted back outside its mask."""
+        for prepared in self.units:
+            restore = prepared.hr_restore or prepared.restore
+            if restore is not None:
+                image = restore.paste(image)
+        return image
 
     def _run(self, prepared: PreparedUnit, x_in: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor,
              added: dict[str, torch.Tensor] | None, second_pass: bool) -> list[torch.Tensor]:
@@ -276,7 +297,12 @@ def prepare_controlnets(units: tuple[ControlUnit, ...], registry: ControlNetRegi
             raise UserError(f"ControlNet unit {number}: model {file.model_name} takes a {net.info.hint_channels}-channel "
                             f"hint but module {unit.module} makes {hint.shape[1]} channels; choose a matching module.")
         pooled = not net.info.family.startswith("sdxl") and "shuffle" in file.path.stem.lower()
-        prepared.append(PreparedUnit(number, unit, net.model, file.title(), hint, hr_hint, maps, text, pooled))
+        ready = PreparedUnit(number, unit, net.model, file.title(), hint, hr_hint, maps, text, pooled)
+        if unit.module == "inpaint_only":
+            ready.restore = inpaint_restore(model, fitted, unit.weight, device)
+            if hr_size is not None:
+                ready.hr_restore = inpaint_restore(model, hr_fitted, unit.weight, device)
+        prepared.append(ready)
         log.info("ControlNet unit %d: %s with %s, weight %s, steps %s-%s, %s", number, unit.module,
                  file.model_name, unit.weight, unit.guidance_start, unit.guidance_end, unit.control_mode)
     return ControlNets(prepared, hires=hr_size is not None)

@@ -318,7 +318,8 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
     batch = len(seeds)
     sampler = sampler_info(params.sampler)
     from_picture = pixels.latents is not None or pixels.init is not None
-    schedule_steps, run_steps = (_steps_from_picture(params.steps, pixels.strength, sampler.k_diffusion, second_pass)
+    fixed_steps = second_pass or job.sampling.img2img_fix_steps
+    schedule_steps, run_steps = (_steps_from_picture(params.steps, pixels.strength, sampler.k_diffusion, fixed_steps)
                                  if from_picture else (params.steps, params.steps))
     scheduler = make_scheduler(params.sampler, params.schedule_type, model.arch.scheduler_config,
                                noise_seeds=seeds, is_sdxl=model.arch.is_sdxl, settings=job.sampling)
@@ -421,19 +422,20 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
     return decode_latents(model, latents, job.auto_vae_precision)
 
 
-def _steps_from_picture(steps: int, strength: float, k_diffusion: bool, second_pass: bool) -> tuple[int, int]:
+def _steps_from_picture(steps: int, strength: float, k_diffusion: bool, fixed_steps: bool) -> tuple[int, int]:
     """(steps of the noise schedule, steps run at its end) when starting from a picture.
 
     For k-diffusion samplers A1111's rule (`setup_img2img_steps`): img2img runs
-    int(min(strength, 0.999) * steps) + 1 steps of the `steps`-step schedule; the hires. fix pass
-    asks for its steps, which run at the end of a schedule stretched to int(steps / strength) steps.
+    int(min(strength, 0.999) * steps) + 1 steps of the `steps`-step schedule; the hires. fix pass (and
+    img2img with the setting img2img_fix_steps) asks for its steps, which run at the end of a schedule
+    stretched to int(steps / strength) steps.
     Other samplers run int(steps * strength) steps of theirs.
     """
     if strength <= 0:
         return steps, 0
     if not k_diffusion:
         return steps, min(int(steps * strength), steps)
-    if second_pass:
+    if fixed_steps:
         return max(int(steps / min(strength, 0.999)), steps), steps
     return steps, int(min(strength, 0.999) * steps) + 1
 

@@ -296,6 +296,7 @@ class SamplerSettings:
     eta_noise_seed_delta: int = 0  # ENSD: step noise from generators seeded with seed + this
     sgm_noise_multiplier: bool = False  # start at noise * sqrt(1 + sigma_0^2), as the SGM code
     always_discard_next_to_last_sigma: bool = False
+    img2img_fix_steps: bool = False  # img2img runs all its steps, as the hires. fix pass does
     schedule: ScheduleSettings = ScheduleSettings()
 
     def infotext_fields(self, sampler: str, schedule_type: str = "Automatic") -> dict[str, object]:
