@@ -190,7 +190,7 @@ def test_img2img_fix_steps_runs_every_step(registry: ModelRegistry) -> None:
     unet = registry.load(registry.checkpoints[0].name).unet
     for fixed, calls in ((False, int(0.5 * STEPS) + 1), (True, STEPS)):
         seen: list = []
-        handle = unet.register_forward_pre_hook(lambda module, args: seen.append(1))
+        handle = unet.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(1))
         try:
             generate(Img2ImgParams(prompt="x", sampler="Euler", steps=STEPS, seed=SEED, denoising_strength=0.5,
                                    init_image=Image.new("RGB", (SIDE, SIDE), (90, 30, 30)), save=False),
