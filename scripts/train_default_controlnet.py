@@ -57,6 +57,10 @@ def main() -> None:
     if args.evaluate is not None:
         from modules.training.controlnet.evaluate import evaluate_file
 
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)  # figures are reproducible for a given thread count
         evaluate_file(args.evaluate, args.base, args.count, args.save_images)
         return
     settings = ControlSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ControlSettings)})
