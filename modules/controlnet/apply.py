@@ -113,8 +113,6 @@ class ControlNets:
 
     units: list[PreparedUnit]
     hires: bool = False
-    # What ran on each call (unit numbers), for tests and logs: the rules are easy to get subtly wrong.
-    trace: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
 
     def infotext_fields(self) -> dict[str, str]:
         return {f"ControlNet {p.number}": p.infotext for p in self.units if p.infotext}
@@ -131,7 +129,6 @@ class ControlNets:
         `x_in`, `context`, `added`: exactly what the UNet gets, the batch being [uncond, cond].
         """
         total: list[torch.Tensor] | None = None
-        ran = []
         for prepared in self.units:
             unit = prepared.unit
             if unit.weight == 0 or not acts_in_pass(unit.hr_option, self.hires, second_pass):
@@ -139,10 +136,8 @@ class ControlNets:
             if not unit_acts_at(step_index, total_steps, unit.guidance_start, unit.guidance_end):
                 continue
             outputs = self._run(prepared, x_in, t, context, added, second_pass)
-            ran.append(prepared.number)
             # Summed as the extension does: new unit's output + the running total.
             total = outputs if total is None else [o + s for o, s in zip(outputs, total, strict=True)]
-        self.trace.append((step_index, tuple(ran)))
         if total is None:
             return {}
         return {"down_block_additional_residuals": tuple(total[:-1]), "mid_block_additional_residual": total[-1]}
