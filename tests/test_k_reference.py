@@ -11,6 +11,7 @@ model code.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,18 +35,23 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
     return ModelRegistry([folder], [], CPU, HashCache(None))
 
 
-def _product(registry: ModelRegistry, sampler: str, schedule: str) -> tuple[np.ndarray, torch.Tensor]:
+def _generate_capturing(registry: ModelRegistry, params) -> tuple[Any, list[torch.Tensor]]:
+    """The product's result, and the text conditioning of each UNet call."""
     model = registry.load(registry.checkpoints[0].name)
     contexts: list[torch.Tensor] = []
     handle = model.unet.register_forward_pre_hook(
         lambda module, args, kwargs: contexts.append(kwargs["encoder_hidden_states"].detach().clone()),
         with_kwargs=True)
     try:
-        result = generate(Txt2ImgParams(prompt="a red square", negative_prompt="blue", sampler=sampler,
-                                        schedule_type=schedule, steps=STEPS, cfg_scale=CFG, seed=SEED,
-                                        width=SIDE, height=SIDE, save=False), registry)
+        return generate(params, registry), contexts
     finally:
         handle.remove()
+
+
+def _product(registry: ModelRegistry, sampler: str, schedule: str) -> tuple[np.ndarray, torch.Tensor]:
+    result, contexts = _generate_capturing(registry, Txt2ImgParams(
+        prompt="a red square", negative_prompt="blue", sampler=sampler, schedule_type=schedule, steps=STEPS,
+        cfg_scale=CFG, seed=SEED, width=SIDE, height=SIDE, save=False))
     return np.asarray(result.images[0], dtype=np.int16), contexts[0]
 
 
@@ -147,16 +153,9 @@ def test_img2img_equals_the_k_diffusion_loop(registry: ModelRegistry, sampler: s
     picture = Image.new("RGB", (SIDE, SIDE), (30, 60, 200))
     ImageDraw.Draw(picture).ellipse((16, 16, 48, 48), fill=(220, 40, 40))
     model = registry.load(registry.checkpoints[0].name)
-    contexts: list[torch.Tensor] = []
-    handle = model.unet.register_forward_pre_hook(
-        lambda module, args, kwargs: contexts.append(kwargs["encoder_hidden_states"].detach().clone()),
-        with_kwargs=True)
-    try:
-        result = generate(Img2ImgParams(prompt="a red square", negative_prompt="blue", sampler=sampler, steps=STEPS,
-                                        cfg_scale=CFG, seed=SEED, init_image=picture, denoising_strength=strength,
-                                        save=False), registry)
-    finally:
-        handle.remove()
+    result, contexts = _generate_capturing(registry, Img2ImgParams(
+        prompt="a red square", negative_prompt="blue", sampler=sampler, steps=STEPS, cfg_scale=CFG, seed=SEED,
+        init_image=picture, denoising_strength=strength, save=False))
     # A1111 (setup_img2img_steps): t_enc = int(min(strength, 0.999) * steps), the last t_enc + 1 steps of the
     # schedule, starting from picture + noise * sigma there.
     t_enc = int(min(strength, 0.999) * STEPS)

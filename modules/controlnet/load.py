@@ -8,9 +8,7 @@ the wanted dtype), so the weights are never held twice.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +16,12 @@ from pathlib import Path
 import torch
 from accelerate import init_empty_weights
 from diffusers import ControlNetModel
-from safetensors.torch import save_file
 
 from modules.controlnet.keys import build_controlnet, controlnet_key_rules
 from modules.controlnet.spec import LDM_PREFIX, ControlNetInfo, describe_controlnet
 from modules.errors import CheckpointError
 from modules.models.convert import DROPPED_PATTERNS, SCHEDULE_BUFFERS
-from modules.models.load import _materialise, read_state_dict
+from modules.models.load import _materialise, read_state_dict, write_safetensors
 
 # lllyasviel's v1.0 releases (control_sd15_canny.pth, ...) hold the whole SD 1.5 model beside the
 # ControlNet; those parts are not the ControlNet's and are skipped, as A1111's extension does.
@@ -114,23 +111,4 @@ def controlnet_to_ldm(state: Mapping[str, torch.Tensor], info: ControlNetInfo,
 def save_controlnet(model: ControlNetModel, info: ControlNetInfo, path: str | Path,
                     dtype: torch.dtype | None = None, prefix: str = LDM_PREFIX) -> Path:
     """Write `model` as one LDM-layout .safetensors, atomically (never a half-written file at `path`)."""
-    path = Path(path)
-    out = {}
-    for key, tensor in controlnet_to_ldm(model.state_dict(), info, prefix).items():
-        tensor = tensor.detach().to("cpu")
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        out[key] = tensor.contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(out, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is an ordinary file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_safetensors(controlnet_to_ldm(model.state_dict(), info, prefix), path, dtype)

@@ -165,8 +165,13 @@ def load_checkpoint(path: str | Path, policy: DevicePolicy, config: Path | None 
 def save_checkpoint(model: SDModel, path: str | Path, dtype: torch.dtype | None = None,
                     metadata: dict[str, str] | None = None) -> Path:
     """Write `model` as one LDM-layout .safetensors, atomically (never a half-written file at `path`)."""
+    return write_safetensors(modules_to_ldm(model.module_states(), model.arch, model.extras), path, dtype, metadata)
+
+
+def write_safetensors(state: dict[str, torch.Tensor], path: str | Path, dtype: torch.dtype | None = None,
+                      metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors (floating ones cast to `dtype` if given) as a .safetensors file, atomically."""
     path = Path(path)
-    state = modules_to_ldm(model.module_states(), model.arch, model.extras)
     out = {}
     for key, tensor in state.items():
         tensor = tensor.detach().to("cpu")
