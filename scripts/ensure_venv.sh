@@ -13,6 +13,7 @@ PYTHON="${PYTHON:-python3}"
 VENV_DIR="${VENV_DIR:-venv}"
 EXTRAS="${EXTRAS:-}"
 SKIP_INSTALL="${SKIP_INSTALL:-}"
+TORCH_COMMAND="${TORCH_COMMAND:-}"
 
 if [ -n "$SKIP_INSTALL" ] && [ ! -x "$VENV_DIR/bin/python" ]; then
     echo "SKIP_INSTALL is set but $VENV_DIR/bin/python does not exist: set VENV_DIR to your venv." >&2
