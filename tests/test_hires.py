@@ -53,8 +53,9 @@ def _unet_calls(registry: ModelRegistry, params: Txt2ImgParams) -> tuple[list[tu
 def test_latent_upscale_second_pass(registry: ModelRegistry) -> None:
     calls, _, result = _unet_calls(registry, _params(hr_scale=2.0, denoising_strength=0.7, hr_second_pass_steps=4))
     assert result.images[0].size == (128, 128)
-    # First pass: 3 steps at 8x8 latents; second: int(4 * 0.7) = 2 steps at 16x16.
-    assert calls == [(8, 8)] * 3 + [(16, 16)] * 2
+    # First pass: 3 steps at 8x8 latents; second, as A1111 counts a hires pass (setup_img2img_steps with
+    # the steps given): its 4 steps, the last of an int(4 / 0.7) = 5-step schedule, at 16x16.
+    assert calls == [(8, 8)] * 3 + [(16, 16)] * 4
     text = result.infotexts[0]
     for part in ("Size: 64x64", "Denoising strength: 0.7", "Hires upscale: 2", "Hires steps: 4",
                  "Hires upscaler: Latent"):
@@ -69,7 +70,7 @@ def test_pixel_upscaler_resize_sampler_and_prompt(registry: ModelRegistry) -> No
                      hr_sampler="DPM++ 2M", hr_prompt="a blue square", hr_negative_prompt="blurry")
     calls, contexts, result = _unet_calls(registry, params)
     assert result.images[0].size == (96, 128)
-    assert calls == [(8, 8)] * 3 + [(16, 12)] * 1  # int(3 * 0.5) second-pass steps, same steps as the first
+    assert calls == [(8, 8)] * 3 + [(16, 12)] * 3  # the first pass's 3 steps again, at the end of 6 (3 / 0.5)
     assert not torch.allclose(contexts[0], contexts[-1])  # the hires prompt is encoded for the second pass
     text = result.infotexts[0]
     for part in ("Hires resize: 96x128", "Hires upscaler: Lanczos", "Hires sampler: DPM++ 2M",
