@@ -387,3 +387,15 @@ def test_inpaint_only_with_its_own_mask_keeps_the_picture_outside(env: SimpleNam
     kept = np.asarray(picture, dtype=np.int16)
     assert np.array_equal(image[:, 34:], kept[:, 34:])  # 24 + dilation 3 + blur 3, and a margin
     assert np.abs(image[:, :20] - kept[:, :20]).mean() > 10
+
+
+def test_detected_maps_are_saved_beside_the_pictures(env: SimpleNamespace, tmp_path: Path) -> None:
+    params = Txt2ImgParams(prompt="a red circle", sampler="Euler", steps=1, seed=SEED, width=SIZE, height=SIZE,
+                           save=True, checkpoint="tiny",
+                           controlnet_units=(unit(module="canny"), unit(module="invert", save_detected_map=False)))
+    result = generate(params, env.registry, tmp_path, controlnets=env.controlnets)
+    assert len(result.paths) == 1 and len(result.map_paths) == 1  # only the unit that keeps its map
+    saved = result.map_paths[0]
+    assert saved.parent == result.paths[0].parent and saved.name.endswith(f"{SEED}-controlnet-map-0.png")
+    with Image.open(saved) as picture:
+        assert np.array_equal(np.asarray(picture.convert("RGB")), np.asarray(result.detected_maps[0].convert("RGB")))

@@ -58,8 +58,10 @@ class GenerationResult:
     interrupted: bool = False
     # How many of `images` are grids placed before the pictures (scripts put theirs first).
     grids: int = 0
-    # The maps of the ControlNet units that save theirs (shown and returned after the pictures, not saved).
+    # The maps of the ControlNet units that keep theirs (shown and returned after the pictures, and saved
+    # beside them when the pictures are saved).
     detected_maps: list[Image.Image] = field(default_factory=list)
+    map_paths: list[Path] = field(default_factory=list)  # where the detected maps were saved
 
 
 @dataclass
@@ -206,6 +208,11 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
             if params.save and params.save_grid and outdir is not None and len(result.images) > 1:
                 result.grid_path = save_grid(make_grid(result.images), outdir / f"{params.mode}-grids",
                                              result.infotexts[0])
+            if params.save and outdir is not None and result.images:
+                # The maps the ControlNet units were asked to keep, saved beside the pictures.
+                result.map_paths = [save_image(detected, outdir / f"{params.mode}-images", result.seeds[0], None,
+                                               pattern=f"[seed]-controlnet-map-{index}")
+                                    for index, detected in enumerate(result.detected_maps)]
         finally:
             result.interrupted = control.interrupted
             control.end()
