@@ -1,0 +1,57 @@
+"""The ControlNet units setting (control_net_unit_count, default 3): how many units a request may
+carry, what /controlnet/settings answers and how many unit tabs the accordion has."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from modules.api import create_api
+from modules.context import AppContext, Paths
+from modules.controlnet.units import ControlUnit
+from modules.errors import UserError
+from modules.processing.params import Txt2ImgParams
+from modules.ui.generation_tab import build_generation_tab
+from tests.tiny_controlnets import write_tiny_controlnet
+from tests.tiny_models import CPU, write_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> AppContext:
+    home = tmp_path_factory.mktemp("unit-count")
+    write_tiny_checkpoint(home / "models" / "Stable-diffusion", "sd1", stem="tiny")
+    write_tiny_controlnet(home / "models" / "ControlNet", "sd1", "ldm_prefixed", stem="cn")
+    ctx = AppContext.create(Paths.make(data_dir=home), CPU)
+    ctx.options.update({"sd_model_checkpoint": "tiny.safetensors"}, save=False)
+    return ctx
+
+
+def _unit() -> ControlUnit:
+    return ControlUnit(enabled=True, module="none", model="cn", image=Image.new("RGB", (64, 64)))
+
+
+def test_the_setting_limits_units_everywhere(ctx: AppContext) -> None:
+    client = TestClient(create_api(ctx))
+    assert client.get("/controlnet/settings").json()["control_net_unit_count"] == 3
+    with gr.Blocks():
+        assert len(build_generation_tab(ctx, "txt2img", 64).controlnet.units) == 3
+    ctx.options.update({"control_net_unit_count": 4}, save=False)
+    try:
+        assert client.get("/controlnet/settings").json()["control_net_unit_count"] == 4
+        with gr.Blocks():
+            assert len(build_generation_tab(ctx, "txt2img", 64).controlnet.units) == 4
+        params = Txt2ImgParams(prompt="x", steps=1, width=64, height=64, save=False, controlnet_units=(_unit(),) * 4)
+        assert len(ctx.generate(params).images) == 1  # four units allowed now
+        ctx.options.update({"control_net_unit_count": 1}, save=False)
+        with pytest.raises(UserError, match="2 ControlNet units given; at most 1"):
+            ctx.generate(Txt2ImgParams(prompt="x", steps=1, width=64, height=64, save=False,
+                                       controlnet_units=(_unit(), _unit())))
+        body = {"prompt": "x", "steps": 1, "width": 64, "height": 64,
+                "alwayson_scripts": {"controlnet": {"args": [{"enabled": True, "module": "none", "model": "cn",
+                                                              "image": ""}] * 2}}}
+        answer = client.post("/sdapi/v1/txt2img", json=body)
+        assert answer.status_code == 400 and "at most 1" in answer.json()["detail"]
+    finally:
+        ctx.options.update({"control_net_unit_count": 3}, save=False)
