@@ -13,6 +13,7 @@ import torch
 
 from modules.controlnet.discovery import controlnet_dirs
 from modules.controlnet.registry import ControlNetRegistry
+from modules.controlnet.units import unit_count, validate_units
 from modules.devices import DevicePolicy
 from modules.models.discovery import HashCache
 from modules.models.registry import ModelRegistry
@@ -129,6 +130,7 @@ class AppContext:
         """The one entry for the UI, the API and the CLI: generation through the processing layer,
         one request at a time on the device (the registry's lock queues the others)."""
         options = self.options.effective(params.override_settings)  # refuses bad overrides first
+        validate_units(params.controlnet_units, unit_count(options))  # the ControlNet units setting
         self.registry.set_vae_tiling(self.policy.vae_tiling or options.vae_tiling)
         return generate(self.styles.apply_to(params), self.registry, self.outdir, self.control, self.image_hooks,
                         lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,

@@ -42,6 +42,8 @@ class Options:
     # Decode again in fp32 when a reduced-precision VAE decode gives NaN/inf (A1111's
     # "Automatically revert VAE to 32-bit floats").
     auto_vae_precision: bool = True
+    # ControlNet units offered in each tab and accepted per request (the extension's setting, default 3).
+    control_net_unit_count: int = 3
     disabled_extensions: list[str] = field(default_factory=list)
     extension_settings: dict[str, Any] = field(default_factory=dict)
 

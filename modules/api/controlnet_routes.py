@@ -28,7 +28,7 @@ from modules.controlnet.preprocessors import (
     resolve_module,
     run_module,
 )
-from modules.controlnet.units import MAX_UNITS
+from modules.controlnet.units import unit_count
 from modules.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,8 @@ def build_controlnet_router(ctx: AppContext, credentials: Credentials) -> APIRou
     @router.get("/settings")
     async def settings() -> dict[str, int]:
         # control_net_max_models_num is the name older versions of the extension answered with.
-        return {"control_net_unit_count": MAX_UNITS, "control_net_max_models_num": MAX_UNITS}
+        count = unit_count(ctx.options.options)
+        return {"control_net_unit_count": count, "control_net_max_models_num": count}
 
     @router.post("/detect")
     def post_detect(req: DetectRequest) -> dict[str, Any]:

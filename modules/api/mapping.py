@@ -26,6 +26,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from modules.api.controlnet import split_scripts, units_from_request
 from modules.api.models import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from modules.context import AppContext
+from modules.controlnet.units import unit_count
 from modules.errors import UserError
 from modules.images import INFOTEXT_KEY, make_grid
 from modules.models.discovery import CheckpointInfo, HashCache
@@ -202,7 +203,8 @@ def _common(ctx: AppContext, req: GenerationRequest) -> dict[str, Any]:
         # with a picture made without them would look like success.
         names = ", ".join(map(repr, unknown))
         raise ApiError(422, f"always on script {names} not found: the only always-on script here is ControlNet.")
-    units = units_from_request(controlnet, ctx.controlnets, decode_image) if controlnet is not None else ()
+    units = (units_from_request(controlnet, ctx.controlnets, decode_image, unit_count(ctx.options.options))
+             if controlnet is not None else ())
     sampler, schedule = _sampler(req)
     overrides = req.override_settings or {}
     if "sd_model_checkpoint" in overrides and overrides["sd_model_checkpoint"]:

@@ -19,6 +19,7 @@ from modules.errors import UserError
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 HR_OPTIONS = ("Both", "Low res only", "High res only")
 MAX_UNITS = 3  # the extension's default "Multi-ControlNet: max models amount"
+UNIT_LIMIT = 10  # the most the setting control_net_unit_count can allow
 MAX_WEIGHT = 2.0
 
 
@@ -122,6 +123,11 @@ def _number(where: str, field: str, value: Any, low: float, high: float) -> floa
     if not low <= value <= high:
         raise UserError(f"{where}: {field} must be from {low:g} to {high:g}, got {value}.")
     return float(value)
+
+
+def unit_count(options: Any) -> int:
+    """How many units the settings allow (`control_net_unit_count`, kept within 1..UNIT_LIMIT)."""
+    return max(1, min(UNIT_LIMIT, int(getattr(options, "control_net_unit_count", MAX_UNITS))))
 
 
 def validate_units(units: Any, max_units: int = MAX_UNITS) -> tuple[ControlUnit, ...]:

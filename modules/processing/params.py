@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from modules.controlnet.units import ControlUnit, validate_units
+from modules.controlnet.units import UNIT_LIMIT, ControlUnit, validate_units
 from modules.errors import UserError
 from modules.sampling.samplers import validate_sampler
 
@@ -79,7 +79,7 @@ class GenerationParams:
             _check_number("refiner switch at", self.refiner_switch_at, 0.0, 1.0)
         sampler, schedule = validate_sampler(self.sampler, self.schedule_type)
         return replace(self, sampler=sampler, schedule_type=schedule, styles=tuple(self.styles),
-                       controlnet_units=validate_units(self.controlnet_units))
+                       controlnet_units=validate_units(self.controlnet_units, UNIT_LIMIT))
 
     def with_size(self, width: int, height: int) -> GenerationParams:
         return replace(self, width=width, height=height)

@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from modules.context import AppContext
+from modules.controlnet.units import unit_count
 from modules.errors import UserError
 from modules.processing.params import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_STEPS
 from modules.sampling.samplers import SCHEDULE_TYPES, list_samplers, sampler_info
@@ -134,7 +135,7 @@ def build_generation_tab(ctx: AppContext, mode: str, default_size: int,
             if mode == "txt2img":
                 extras.update(everyday.build_hires(ctx))
             extras.update(everyday.build_common(ctx, mode, prompt, negative))
-            controlnet = build_controlnet(ctx, mode, width, height, image)
+            controlnet = build_controlnet(ctx, mode, width, height, image, unit_count(ctx.options.options))
             script_controls = _build_scripts(mode, scripts)
             script_selector = build_script_selector(ctx, mode)
 
