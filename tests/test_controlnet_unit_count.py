@@ -55,3 +55,16 @@ def test_the_setting_limits_units_everywhere(ctx: AppContext) -> None:
         assert answer.status_code == 400 and "at most 1" in answer.json()["detail"]
     finally:
         ctx.options.update({"control_net_unit_count": 3}, save=False)
+
+
+def test_annotators_are_looked_for_in_the_data_folder(ctx: AppContext) -> None:
+    from modules.controlnet.preprocessors import DEFAULT_ANNOTATOR_DIR
+
+    data_annotators = ctx.paths.controlnet_dir / "annotators"
+    data_annotators.mkdir(parents=True, exist_ok=True)
+    assert ctx.controlnets.annotator_dir == data_annotators != DEFAULT_ANNOTATOR_DIR
+    client = TestClient(create_api(ctx))
+    detail = client.get("/controlnet/module_list").json()["module_detail"]
+    reasons = [d.get("unavailable_reason") or "" for d in detail.values() if not d.get("available", True)]
+    where = [reason for reason in reasons if "put them into" in reason]
+    assert where and all(str(data_annotators) in reason for reason in where)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from modules.controlnet.preprocessors import DEFAULT_ANNOTATOR_DIR, list_modules, resolve_module
+from modules.controlnet.preprocessors import list_modules, resolve_module
 from modules.controlnet.registry import ControlNetRegistry
 from modules.controlnet.units import MAX_UNITS, ControlUnit, validate_units
 from modules.errors import UserError
@@ -113,7 +113,7 @@ def check_available(index: int, unit: ControlUnit, registry: ControlNetRegistry)
     """The model file exists and the preprocessor can run here (its weights are present)."""
     where = f"ControlNet unit {index}"
     registry.find(unit.model, f"{where}: model")
-    info = next((m for m in list_modules(DEFAULT_ANNOTATOR_DIR) if m.name == resolve_module(unit.module).name), None)
+    info = next((m for m in list_modules(registry.annotator_dir) if m.name == resolve_module(unit.module).name), None)
     if info is not None and not info.available:
         raise UserError(f"{where}: module {unit.module!r} cannot run here: {info.unavailable_reason}")
 

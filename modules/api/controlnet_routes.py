@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -58,7 +59,8 @@ def encode_map(image: Image.Image) -> str:
 
 
 def detect(module: str, images: list[str], masks: list[str], resolution: float, threshold_a: float,
-           threshold_b: float, decoder: Callable[[str, str], Image.Image] = decode_image) -> list[str]:
+           threshold_b: float, decoder: Callable[[str, str], Image.Image] = decode_image,
+           annotator_dir: Path = DEFAULT_ANNOTATOR_DIR) -> list[str]:
     """Every image through `module`, as base64 PNGs; refused with 422 as the extension refuses."""
     try:
         info = resolve_module(module)
@@ -69,7 +71,7 @@ def detect(module: str, images: list[str], masks: list[str], resolution: float, 
     if info.accepts_mask and len(masks) != len(images):
         raise ApiError(422, f"controlnet_masks: preprocessor {info.name} requires one mask per image "
                             f"({len(images)} images, {len(masks)} masks).")
-    available = next(m for m in list_modules(DEFAULT_ANNOTATOR_DIR) if m.name == info.name)
+    available = next(m for m in list_modules(annotator_dir) if m.name == info.name)
     if not available.available:
         raise ApiError(422, f"controlnet_module: {available.unavailable_reason}")
     pictures = [decoder(data, f"controlnet_input_images[{i}]").convert("RGB") for i, data in enumerate(images)]
@@ -80,7 +82,8 @@ def detect(module: str, images: list[str], masks: list[str], resolution: float, 
         log.warning("Preprocessor %s does not take a mask; controlnet_masks ignored.", info.name)
     answers = []
     for picture, hole in zip(pictures, holes, strict=True):
-        detected = run_module(info.name, picture, resolution, threshold_a, threshold_b, mask=hole)
+        detected = run_module(info.name, picture, resolution, threshold_a, threshold_b, mask=hole,
+                              annotator_dir=annotator_dir)
         answers.append(encode_map(visible_map(detected)))
     return answers
 
@@ -104,7 +107,7 @@ def build_controlnet_router(ctx: AppContext, credentials: Credentials) -> APIRou
     @router.get("/module_list")
     def module_list(alias_names: bool = False) -> dict[str, Any]:
         return {"module_list": module_names(alias_names),
-                "module_detail": module_detail(alias_names, DEFAULT_ANNOTATOR_DIR)}
+                "module_detail": module_detail(alias_names, ctx.controlnets.annotator_dir)}
 
     @router.get("/control_types")
     def get_control_types() -> dict[str, Any]:
@@ -121,7 +124,7 @@ def build_controlnet_router(ctx: AppContext, credentials: Credentials) -> APIRou
         """The detected maps of the images, one per image."""
         maps = detect(req.controlnet_module, req.controlnet_input_images or req.controlnet_images,
                       req.controlnet_masks, req.controlnet_processor_res, req.controlnet_threshold_a,
-                      req.controlnet_threshold_b)
+                      req.controlnet_threshold_b, annotator_dir=ctx.controlnets.annotator_dir)
         return {"images": maps, "info": "Success"}
 
     return router

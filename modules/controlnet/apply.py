@@ -334,4 +334,4 @@ def request_controlnets(params: Any, registry: ControlNetRegistry | None, model:
                         "(models/ControlNet) to load them from.")
     return prepare_controlnets(params.controlnet_units, registry, model, checkpoint_name,
                                (params.width, params.height), hr_size, seed, params.subseed,
-                               inputs or unit_inputs(params))
+                               inputs or unit_inputs(params), annotator_dir=registry.annotator_dir)

@@ -20,6 +20,7 @@ import torch
 from modules.controlnet.compat import fit_to_checkpoint
 from modules.controlnet.discovery import ControlNetFile, find_controlnet, list_controlnets
 from modules.controlnet.load import LoadedControlNet, controlnet_from_state
+from modules.controlnet.preprocessors import DEFAULT_ANNOTATOR_DIR
 from modules.controlnet.spec import ControlNetInfo, describe_controlnet
 from modules.errors import UserError
 from modules.models.arch import ModelArch
@@ -41,6 +42,15 @@ class ControlNetRegistry:
         self._described: dict[tuple[str, int], ControlNetInfo] = {}
         self.lock = threading.RLock()
         self.refresh()
+
+    @property
+    def annotator_dir(self) -> Path:
+        """Where preprocessors find their weight files: the `annotators/` folder of the first model
+        folder that has one (--controlnet-dir, the data folder's, the code folder's), else the first's."""
+        for folder in self.folders:
+            if (folder / "annotators").is_dir():
+                return folder / "annotators"
+        return self.folders[0] / "annotators" if self.folders else DEFAULT_ANNOTATOR_DIR
 
     def refresh(self) -> list[ControlNetFile]:
         """Scan the folders again (files dropped in after start-up appear)."""

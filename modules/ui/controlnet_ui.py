@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -267,7 +268,8 @@ def _wire_unit(ctx: AppContext, u: UnitControls, width: gr.Slider | None, height
             use_input, picture = rest[len(size):]
             image = input_picture(picture) if use_input or image is None else image
         try:
-            return preview_map(image, module, res, a, b, pixel_perfect, resize_mode, *wh)
+            return preview_map(image, module, res, a, b, pixel_perfect, resize_mode, *wh,
+                               annotator_dir=ctx.controlnets.annotator_dir)
         except UserError as exc:
             gr.Warning(str(exc))
             return gr.skip()
@@ -287,12 +289,12 @@ def input_picture(value: Any) -> Image.Image | None:
 
 def preview_map(image: Image.Image | None, module: str, resolution: float, threshold_a: float, threshold_b: float,
                 pixel_perfect: bool = False, resize_mode: str = "Crop and Resize", width: int = 0,
-                height: int = 0) -> Image.Image:
+                height: int = 0, annotator_dir: Path = DEFAULT_ANNOTATOR_DIR) -> Image.Image:
     """The map `module` detects in `image` (what the unit will be given, before fitting to the size)."""
     if image is None:
         raise UserError("Upload a control image into this unit first, then press Preview.")
     if pixel_perfect and width and height:
         resolution = pixel_perfect_resolution((image.height, image.width), (int(height), int(width)), resize_mode)
     detected = run_module(module, image.convert("RGB"), resolution, threshold_a, threshold_b,
-                          pixel_perfect=pixel_perfect and bool(width and height))
+                          pixel_perfect=pixel_perfect and bool(width and height), annotator_dir=annotator_dir)
     return visible_map(detected)
