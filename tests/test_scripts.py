@@ -171,7 +171,8 @@ def test_unknown_script_is_422_listing_the_scripts(client: TestClient) -> None:
 
 @pytest.mark.parametrize(("script", "args", "message"), [
     ("X/Y/Z plot", ["Steps", "1, many"], "not a number"),
-    ("X/Y/Z plot", ["Colour", "1,2"], "unknown value 'Colour'"),
+    ("X/Y/Z plot", ["Colour", "1,2"], "the axis 'Colour' is not available here"),
+    ("X/Y/Z plot", [99, "1,2"], "axis type 99 is out of range"),
     ("X/Y/Z plot", ["Steps", "1,2", [], "Nothing", "", [], "Nothing", "", [], True, True, False, False,
                     False, False, False, 0, False, "extra"], "at most 18"),
     ("X/Y/Z plot", ["Prompt S/R", "horse,dog"], "'horse'"),
