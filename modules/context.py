@@ -15,6 +15,8 @@ from modules.controlnet.discovery import controlnet_dirs
 from modules.controlnet.registry import ControlNetRegistry
 from modules.controlnet.units import unit_count, validate_units
 from modules.devices import DevicePolicy
+from modules.errors import UserError
+from modules.images import FORMATS
 from modules.models.discovery import HashCache
 from modules.models.registry import ModelRegistry
 from modules.options import Options, OptionsStore
@@ -131,12 +133,15 @@ class AppContext:
         one request at a time on the device (the registry's lock queues the others)."""
         options = self.options.effective(params.override_settings)  # refuses bad overrides first
         validate_units(params.controlnet_units, unit_count(options))  # the ControlNet units setting
+        if options.samples_format.lower().lstrip(".") not in FORMATS:
+            raise UserError(f"The setting samples_format is {options.samples_format!r}; use one of "
+                            f"{', '.join(FORMATS)}.")
         self.registry.set_vae_tiling(self.policy.vae_tiling or options.vae_tiling)
         return generate(self.styles.apply_to(params), self.registry, self.outdir, self.control, self.image_hooks,
                         lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,
                         upscalers=self.upscalers, filename_pattern=options.samples_filename_pattern,
                         sampling=sampler_settings(options), controlnets=self.controlnets,
-                        auto_vae_precision=options.auto_vae_precision)
+                        auto_vae_precision=options.auto_vae_precision, image_format=options.samples_format)
 
 
 def sampler_settings(options: Options) -> SamplerSettings:

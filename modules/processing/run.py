@@ -114,11 +114,12 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
              lora_dir: Path | None = None, embeddings_dir: Path | None = None,
              upscalers: UpscalerRegistry | None = None, filename_pattern: str = DEFAULT_PATTERN,
              sampling: SamplerSettings | None = None, controlnets: ControlNetRegistry | None = None,
-             auto_vae_precision: bool = True) -> GenerationResult:
+             auto_vae_precision: bool = True, image_format: str = "png") -> GenerationResult:
     """Run one generation request; holds the device for its duration (requests queue on it).
 
     `<lora:NAME:WEIGHT>` tags load NAME from `lora_dir`, embeddings named in the prompts come from
-    `embeddings_dir`; both apply to this request only. `sampling`: the sampler settings in force
+    `embeddings_dir`; both apply to this request only. `image_format`: png, jpg or webp (the infotext
+    goes into the PNG's text or the EXIF user comment). `sampling`: the sampler settings in force
     (ENSD, SGM noise multiplier, ...), A1111's defaults when not given. `controlnets`: where the
     ControlNet models of `params.controlnet_units` are found (and kept loaded).
     """
@@ -204,10 +205,10 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                     result.seeds.append(batch_seeds[i])
                     if params.save and outdir is not None:
                         result.paths.append(save_image(image, outdir / f"{params.mode}-images", batch_seeds[i], text,
-                                                       pattern=filename_pattern))
+                                                       image_format, filename_pattern))
             if params.save and params.save_grid and outdir is not None and len(result.images) > 1:
                 result.grid_path = save_grid(make_grid(result.images), outdir / f"{params.mode}-grids",
-                                             result.infotexts[0])
+                                             result.infotexts[0], image_format)
             if params.save and outdir is not None and result.images:
                 # The maps the ControlNet units were asked to keep, saved beside the pictures.
                 result.map_paths = [save_image(detected, outdir / f"{params.mode}-images", result.seeds[0], None,
