@@ -50,7 +50,8 @@ def test_txt2img_unit_from_an_uploaded_edge_map(page: Any, server: Server, tmp_p
     info = _wait_done(page, "txt2img")
     assert 'ControlNet 0: "Module: none, Model: tiny_canny [' in info and "Weight: 1.0" in info
     new = [p for p in server.saved("txt2img") if p not in before]
-    assert len(new) == 1
+    # The picture, and the unit's detected map saved beside it.
+    assert len(new) == 2 and new[1].name.endswith("-controlnet-map-0.png")
     # The seed was random: the picture without the unit is made with the same one.
     same_seed = info.split("Seed: ")[1].split(",")[0]
     page.click("#txt2img_controlnet_0_enable input")  # off again
