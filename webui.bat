@@ -17,6 +17,7 @@ rem SKIP_INSTALL=1: use VENV_DIR as it is and install nothing (a venv you manage
 if not defined SKIP_INSTALL if not exist "%VENV_DIR%\.installed" (
     "%VENV_PY%" -c "import torch" 2>NUL || "%VENV_PY%" -m %TORCH_COMMAND% || goto :error
     "%VENV_PY%" -m pip install -e . || goto :error
+    "%VENV_PY%" -m pip install --no-deps -r requirements-nodeps.txt || goto :error
     echo done> "%VENV_DIR%\.installed"
 )
 "%VENV_PY%" webui.py %COMMANDLINE_ARGS% %*

@@ -106,6 +106,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--hr-resize-y", "hr_resize_y", int, "hires. fix target height instead of --hr-scale", ("txt2img",),
          default=0),
     Flag("--tiling", "tiling", None, "seamless: the picture's edges continue each other"),
+    Flag("--restore-faces", "restore_faces", None, "restore faces with GFPGAN or CodeFormer (files in models/GFPGAN, "
+         "models/Codeformer, models/facedetection)"),
+    Flag("--face-restorer", "face_restorer", str, '"CodeFormer" or "GFPGAN"; default: the face_restoration_model '
+         "setting"),
+    Flag("--codeformer-weight", "codeformer_weight", float, "CodeFormer weight, 0 (strongest) to 1 (weakest); "
+         "default: the code_former_weight setting"),
     Flag("--styles", "styles", str, 'styles from styles.csv, comma-separated: "Sharp,Warm"'),
     Flag("--refiner-checkpoint", "refiner_checkpoint", str, "a second checkpoint for the last steps (SDXL refiner)"),
     Flag("--refiner-switch-at", "refiner_switch_at", float, "fraction of the steps after which the refiner takes over",

@@ -16,6 +16,8 @@ from modules.controlnet.registry import ControlNetRegistry
 from modules.controlnet.units import unit_count, validate_units
 from modules.devices import DevicePolicy
 from modules.errors import UserError
+from modules.faces.files import FaceFolders
+from modules.faces.restore import FaceRestorers, FaceStep
 from modules.images import FORMATS
 from modules.models.discovery import HashCache
 from modules.models.registry import ModelRegistry
@@ -110,6 +112,7 @@ class AppContext:
     styles: StyleStore = field(default_factory=StyleStore)  # styles.csv in the data folder
     upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry)
     controlnets: ControlNetRegistry = field(default_factory=lambda: ControlNetRegistry([]))
+    faces: FaceRestorers = field(default_factory=lambda: FaceRestorers(FaceFolders.under(ROOT)))
 
     @classmethod
     def create(cls, paths: Paths, policy: DevicePolicy) -> AppContext:
@@ -121,7 +124,8 @@ class AppContext:
                                      policy.dtype if policy.device.type == "cuda" else torch.float32)
         return cls(paths=paths, policy=policy, options=options, registry=registry, control=control,
                    upscalers=upscalers, styles=StyleStore(paths.styles_file),
-                   controlnets=ControlNetRegistry(list(paths.controlnet_dirs)))
+                   controlnets=ControlNetRegistry(list(paths.controlnet_dirs)),
+                   faces=FaceRestorers(FaceFolders.under(paths.data_dir), policy.device))
 
     @property
     def outdir(self) -> Path:
@@ -137,11 +141,23 @@ class AppContext:
             raise UserError(f"The setting samples_format is {options.samples_format!r}; use one of "
                             f"{', '.join(FORMATS)}.")
         self.registry.set_vae_tiling(self.policy.vae_tiling or options.vae_tiling)
+        faces = self.face_step(params, options)
         return generate(self.styles.apply_to(params), self.registry, self.outdir, self.control, self.image_hooks,
                         lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,
                         upscalers=self.upscalers, filename_pattern=options.samples_filename_pattern,
                         sampling=sampler_settings(options), controlnets=self.controlnets,
-                        auto_vae_precision=options.auto_vae_precision, image_format=options.samples_format)
+                        auto_vae_precision=options.auto_vae_precision, image_format=options.samples_format,
+                        restore_faces=faces)
+
+    def face_step(self, params: GenerationParams, options: Options) -> FaceStep | None:
+        """The face restoration a request asks for (its own fields, else the settings), checked now:
+        a restorer whose files are missing is refused before anything runs."""
+        wanted = options.face_restoration if params.restore_faces is None else params.restore_faces
+        if not wanted:
+            return None
+        weight = options.code_former_weight if params.codeformer_weight is None else params.codeformer_weight
+        return self.faces.step(params.face_restorer or options.face_restoration_model, weight,
+                               options.face_restoration_unload)
 
 
 def sampler_settings(options: Options) -> SamplerSettings:

@@ -44,6 +44,12 @@ class Options:
     auto_vae_precision: bool = True
     # ControlNet units offered in each tab and accepted per request (the extension's setting, default 3).
     control_net_unit_count: int = 3
+    # Face restoration (A1111's keys): on for every generation, which model, CodeFormer's weight
+    # (0 = strongest effect, 1 = weakest), and whether the models leave the device after each use.
+    face_restoration: bool = False
+    face_restoration_model: str = "CodeFormer"
+    code_former_weight: float = 0.5
+    face_restoration_unload: bool = False
     disabled_extensions: list[str] = field(default_factory=list)
     extension_settings: dict[str, Any] = field(default_factory=dict)
 

@@ -1,9 +1,11 @@
-"""Extras: upscale a finished picture with one or two upscalers (the Extras tab and
-POST /sdapi/v1/extra-single-image / extra-batch-images).
+"""Extras: upscale a finished picture with one or two upscalers, then restore its faces with GFPGAN
+and/or CodeFormer (the Extras tab and POST /sdapi/v1/extra-single-image / extra-batch-images).
 
 As in A1111: "Scale by" multiplies the size; "Scale to" reaches a width and height (keeping the
 aspect ratio, then cropping to the exact size when asked); a second upscaler can be mixed in with
-a visibility from 0 to 1. Upscaler 1 "None" leaves the picture as it is.
+a visibility from 0 to 1. Upscaler 1 "None" leaves the picture as it is. Then, in A1111's order
+(upscale 1000, GFPGAN 2000, CodeFormer 3000), each face restorer with a visibility above 0 runs and
+its result is blended over the picture by that visibility.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from modules.errors import UserError
+from modules.faces.restore import FaceRestorers
 from modules.upscalers import UpscalerRegistry
 
 MAX_SIDE = 8192
@@ -28,8 +31,11 @@ class ExtrasParams:
     upscaler_1: str = "None"
     upscaler_2: str = "None"
     upscaler_2_visibility: float = 0.0
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0  # 0 = CodeFormer's strongest effect (A1111's Extras default)
 
-    def validate(self, upscalers: UpscalerRegistry) -> None:
+    def validate(self, upscalers: UpscalerRegistry, faces: FaceRestorers | None = None) -> None:
         if self.resize_mode not in (0, 1):
             raise UserError(f"resize_mode must be 0 (scale by) or 1 (scale to), got {self.resize_mode!r}.")
         if self.resize_mode == 0 and not 0 < self.scale <= 8:
@@ -42,6 +48,14 @@ class ExtrasParams:
             raise UserError(f"extras_upscaler_2_visibility must be from 0 to 1, got {self.upscaler_2_visibility}.")
         for name in (self.upscaler_1, self.upscaler_2):
             upscalers.find(name)  # unknown names: a UserError listing the known ones
+        for key, value in (("gfpgan_visibility", self.gfpgan_visibility),
+                           ("codeformer_visibility", self.codeformer_visibility),
+                           ("codeformer_weight", self.codeformer_weight)):
+            if not 0 <= value <= 1:
+                raise UserError(f"{key} must be from 0 to 1, got {value}.")
+        for name, visibility in (("GFPGAN", self.gfpgan_visibility), ("CodeFormer", self.codeformer_visibility)):
+            if visibility > 0 and faces is not None:
+                faces.check_available(name)  # a missing file: which one to put where
 
 
 def target_size(image: Image.Image, params: ExtrasParams) -> tuple[tuple[int, int], tuple[int, int] | None]:
@@ -57,6 +71,24 @@ def target_size(image: Image.Image, params: ExtrasParams) -> tuple[tuple[int, in
         raise UserError(f"Upscaling {image.width}x{image.height} by {params.scale} gives {size[0]}x{size[1]}; "
                         f"the largest side allowed is {MAX_SIDE}.")
     return size, None
+
+
+def postprocess(upscalers: UpscalerRegistry, faces: FaceRestorers | None, image: Image.Image,
+                params: ExtrasParams) -> tuple[Image.Image, str]:
+    """Upscaling, then GFPGAN, then CodeFormer; the picture and a line describing what was done."""
+    params.validate(upscalers, faces)
+    image, info = upscale(upscalers, image, params)
+    parts = [info] if info else []
+    for name, visibility in (("GFPGAN", params.gfpgan_visibility), ("CodeFormer", params.codeformer_visibility)):
+        if visibility <= 0 or faces is None:
+            continue
+        image = image.convert("RGB")
+        restored = faces.restore(image, name, params.codeformer_weight)
+        image = restored if visibility >= 1 else Image.blend(image, restored, visibility)
+        parts.append(f"{name} visibility: {round(visibility, 3)}")
+        if name == "CodeFormer":
+            parts.append(f"CodeFormer weight: {round(params.codeformer_weight, 3)}")
+    return image, ", ".join(parts)
 
 
 def upscale(upscalers: UpscalerRegistry, image: Image.Image, params: ExtrasParams) -> tuple[Image.Image, str]:

@@ -29,7 +29,7 @@ if [ ! -x "$VENV_DIR/bin/python" ]; then
 fi
 VENV_PY="$VENV_DIR/bin/python"
 _stamp="$VENV_DIR/.setup-stamp"
-_wanted="$( { sha256sum pyproject.toml; printf '%s\n' "$TORCH_COMMAND"; "$VENV_PY" --version 2>&1; } | sha256sum | cut -d' ' -f1)"
+_wanted="$( { sha256sum pyproject.toml requirements-nodeps.txt; printf '%s\n' "$TORCH_COMMAND"; "$VENV_PY" --version 2>&1; } | sha256sum | cut -d' ' -f1)"
 _have="$(sed -n 1p "$_stamp" 2>/dev/null || true)"
 _have_extras="$(sed -n 2p "$_stamp" 2>/dev/null || true)"
 if [ -z "$SKIP_INSTALL" ] && { [ "$_have" != "$_wanted" ] || { [ -n "$EXTRAS" ] && [ "$_have_extras" != "$EXTRAS" ]; }; }; then
@@ -37,6 +37,7 @@ if [ -z "$SKIP_INSTALL" ] && { [ "$_have" != "$_wanted" ] || { [ -n "$EXTRAS" ] 
     eval "\"\$VENV_PY\" -m $TORCH_COMMAND"
     echo "Installing the project${EXTRAS:+ with [$EXTRAS]}" >&2
     "$VENV_PY" -m pip install -e ".${EXTRAS:+[$EXTRAS]}"
+    "$VENV_PY" -m pip install --no-deps -r requirements-nodeps.txt
     # Written only after both installs succeeded, so a failed install is retried next time.
     printf '%s\n%s\n' "$_wanted" "${EXTRAS:-$_have_extras}" > "$_stamp"
 fi

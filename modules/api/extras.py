@@ -8,11 +8,11 @@ from pydantic import BaseModel, Field
 from modules.api.mapping import decode_image, encode_image
 from modules.context import AppContext
 from modules.errors import UserError
-from modules.postprocessing import ExtrasParams, upscale
+from modules.postprocessing import ExtrasParams, postprocess
 
 
 class ExtrasBase(BaseModel):
-    """A1111's ExtrasBaseRequest fields; face restoration fields are accepted and unused (none here)."""
+    """A1111's ExtrasBaseRequest fields."""
 
     resize_mode: int = Field(default=0, description="0 scale by upscaling_resize, 1 scale to upscaling_resize_w/h.")
     show_extras_results: bool = True
@@ -31,7 +31,9 @@ class ExtrasBase(BaseModel):
     def params(self) -> ExtrasParams:
         return ExtrasParams(resize_mode=self.resize_mode, scale=self.upscaling_resize, width=self.upscaling_resize_w,
                             height=self.upscaling_resize_h, crop=self.upscaling_crop, upscaler_1=self.upscaler_1,
-                            upscaler_2=self.upscaler_2, upscaler_2_visibility=self.extras_upscaler_2_visibility)
+                            upscaler_2=self.upscaler_2, upscaler_2_visibility=self.extras_upscaler_2_visibility,
+                            gfpgan_visibility=self.gfpgan_visibility, codeformer_visibility=self.codeformer_visibility,
+                            codeformer_weight=self.codeformer_weight)
 
 
 class ExtrasSingleRequest(ExtrasBase):
@@ -60,10 +62,10 @@ class ExtrasBatchResponse(BaseModel):
 def add_extras_routes(router: APIRouter, ctx: AppContext) -> None:
     def one(req: ExtrasBase, data: str, what: str) -> tuple[str, str]:
         params = req.params()
-        params.validate(ctx.upscalers)  # before decoding: a wrong upscaler name is the likelier mistake
+        params.validate(ctx.upscalers, ctx.faces)  # before decoding: a wrong name is the likelier mistake
         image = decode_image(data, what)
         with ctx.registry.lock:  # the device is shared with generation
-            result, info = upscale(ctx.upscalers, image, params)
+            result, info = postprocess(ctx.upscalers, ctx.faces, image, params)
         return encode_image(result), info
 
     @router.post("/extra-single-image", response_model=ExtrasSingleResponse)

@@ -96,7 +96,10 @@ def add_listing_routes(router: APIRouter, ctx: AppContext) -> None:
 
     @router.get("/face-restorers")
     def get_face_restorers() -> list[dict[str, Any]]:
-        return []  # no face restoration models (GFPGAN, CodeFormer) here
+        """A1111's {name, cmd_dir} for CodeFormer and GFPGAN, with whether its files are there and, if
+        not, which file to put where."""
+        return [{"name": f.name, "cmd_dir": str(ctx.faces.folders.folder(f.name)), "available": f.available,
+                 "message": f.missing} for f in ctx.faces.listing()]
 
     @router.get("/loras", response_model=list[LoraItem])
     def get_loras() -> list[LoraItem]:

@@ -154,9 +154,6 @@ def selected_checkpoint(ctx: AppContext) -> CheckpointInfo | None:
 _INFOTEXT_FIELDS = ("steps", "sampler_name", "scheduler", "cfg_scale", "seed", "width", "height",
                     "denoising_strength", "subseed", "subseed_strength")
 
-# A1111 fields that change the picture but are not implemented: accepted (clients send them with
-# their defaults) and named in the log when switched on, so a difference can be traced.
-_IGNORED_FLAGS = ("restore_faces",)
 
 
 def apply_infotext(req: GenerationRequest) -> GenerationRequest:
@@ -194,9 +191,6 @@ def _sampler(req: GenerationRequest) -> tuple[str, str]:
 
 def _common(ctx: AppContext, req: GenerationRequest) -> dict[str, Any]:
     """Params fields shared by every mode, overrides applied."""
-    for flag in _IGNORED_FLAGS:
-        if getattr(req, flag, None):
-            log.warning("API request asks for %s, which this program does not implement; ignored.", flag)
     controlnet, unknown = split_scripts(req.alwayson_scripts)
     if unknown:
         # A1111 refuses always-on scripts it does not have (ADetailer, ...) the same way: answering
@@ -231,7 +225,9 @@ def everyday_fields(req: GenerationRequest) -> dict[str, Any]:
     """Tiling, styles and the refiner: params fields every mode has."""
     refiner = req.refiner_checkpoint if req.refiner_checkpoint not in NO_REFINER else None
     return {"tiling": bool(req.tiling), "styles": tuple(req.styles or ()), "refiner_checkpoint": refiner,
-            "refiner_switch_at": 0.8 if req.refiner_switch_at is None else req.refiner_switch_at}
+            "refiner_switch_at": 0.8 if req.refiner_switch_at is None else req.refiner_switch_at,
+            "restore_faces": req.restore_faces, "face_restorer": req.face_restorer or "",
+            "codeformer_weight": req.codeformer_weight}
 
 
 def hires_fields(req: Txt2ImgRequest) -> dict[str, Any]:
@@ -417,8 +413,8 @@ def build_answer(req: GenerationRequest, result: GenerationResult) -> Answer:
         "cfg_scale": params.cfg_scale,
         "steps": params.steps,
         "batch_size": params.batch_size,
-        "restore_faces": False,
-        "face_restoration_model": None,
+        "restore_faces": "Face restoration" in fields,
+        "face_restoration_model": fields.get("Face restoration"),
         "sd_model_name": values.get("model"),
         "sd_model_hash": values.get("model_hash"),
         "sd_vae_name": None,

@@ -39,7 +39,9 @@ class GenerationRequest(_Body):
     cfg_scale: float = 7.0
     width: int = 512
     height: int = 512
-    restore_faces: bool | None = None
+    restore_faces: bool | None = Field(default=None, description="Restore faces (null: the face_restoration setting).")
+    face_restorer: str | None = Field(default=None, description="GFPGAN or CodeFormer (null: face_restoration_model).")
+    codeformer_weight: float | None = Field(default=None, description="0 strongest, 1 weakest (null: code_former_weight).")
     tiling: bool | None = None
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False

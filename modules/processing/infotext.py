@@ -150,6 +150,7 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Hires prompt": ("hr_prompt", _str),
     "Hires negative prompt": ("hr_negative_prompt", _str),
     "Tiling": ("tiling", _bool),
+    "Face restoration": ("face_restorer", _str),
     "Refiner": ("refiner_checkpoint", _str),
     "Refiner switch at": ("refiner_switch_at", _float),
     "Mask blur": ("mask_blur", _int),
@@ -197,6 +198,8 @@ def infotext_to_params(fields: Mapping[str, str]) -> dict[str, Any]:
                 params[_SIZES[key][0]], params[_SIZES[key][1]] = int(match[1]), int(match[2])
     if "sampler_name" in params:
         _split_sampler(params)
+    if "face_restorer" in params:
+        params["restore_faces"] = True
     if "hr_scale" in params or "hr_resize_x" in params:  # A1111 writes these only with hires. fix on
         params["enable_hr"] = True
     units = units_from_fields(fields)  # "ControlNet N" fields, as the ControlNet extension writes them

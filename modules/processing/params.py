@@ -56,6 +56,11 @@ class GenerationParams:
     refiner_checkpoint: str | None = None  # a second checkpoint for the last steps (processing/refiner.py)
     refiner_switch_at: float = 0.8  # fraction of the steps after which the refiner takes over
     controlnet_units: tuple[ControlUnit, ...] = ()  # modules/controlnet/units.py; applied by controlnet/apply.py
+    # Face restoration of every picture (A1111's `restore_faces`; None: the face_restoration setting),
+    # with this restorer ("": the face_restoration_model setting) and CodeFormer weight (None: the setting).
+    restore_faces: bool | None = None
+    face_restorer: str = ""
+    codeformer_weight: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # extension-owned values
     # Settings for this request only (A1111's `override_settings`), applied over the saved options
     # by AppContext.generate; keys are option names (modules/options.py).
@@ -77,6 +82,8 @@ class GenerationParams:
             raise UserError("The prompt and the negative prompt must be text.")
         if self.refiner_checkpoint:
             _check_number("refiner switch at", self.refiner_switch_at, 0.0, 1.0)
+        if self.codeformer_weight is not None:
+            _check_number("CodeFormer weight", self.codeformer_weight, 0.0, 1.0)
         sampler, schedule = validate_sampler(self.sampler, self.schedule_type)
         return replace(self, sampler=sampler, schedule_type=schedule, styles=tuple(self.styles),
                        controlnet_units=validate_units(self.controlnet_units, UNIT_LIMIT))

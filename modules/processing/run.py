@@ -23,6 +23,7 @@ from modules.controlnet.display import visible_map
 from modules.controlnet.registry import ControlNetRegistry
 from modules.devices import execution_device
 from modules.errors import UserError
+from modules.faces.restore import FaceStep
 from modules.images import DEFAULT_PATTERN, make_grid, save_grid, save_image
 from modules.models.load import SDModel
 from modules.models.placement import decode as vae_decode
@@ -114,14 +115,16 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
              lora_dir: Path | None = None, embeddings_dir: Path | None = None,
              upscalers: UpscalerRegistry | None = None, filename_pattern: str = DEFAULT_PATTERN,
              sampling: SamplerSettings | None = None, controlnets: ControlNetRegistry | None = None,
-             auto_vae_precision: bool = True, image_format: str = "png") -> GenerationResult:
+             auto_vae_precision: bool = True, image_format: str = "png",
+             restore_faces: FaceStep | None = None) -> GenerationResult:
     """Run one generation request; holds the device for its duration (requests queue on it).
 
     `<lora:NAME:WEIGHT>` tags load NAME from `lora_dir`, embeddings named in the prompts come from
     `embeddings_dir`; both apply to this request only. `image_format`: png, jpg or webp (the infotext
     goes into the PNG's text or the EXIF user comment). `sampling`: the sampler settings in force
     (ENSD, SGM noise multiplier, ...), A1111's defaults when not given. `controlnets`: where the
-    ControlNet models of `params.controlnet_units` are found (and kept loaded).
+    ControlNet models of `params.controlnet_units` are found (and kept loaded). `restore_faces`: face
+    restoration run on each picture as it is decoded (before the inpaint overlay, as A1111).
     """
     control = control or GenerationControl()
     sampling = sampling or SamplerSettings()
@@ -189,13 +192,15 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                 # Prompts are encoded while sampling (per step's text): the embeddings used are known now.
                 network_fields = networks.infotext_fields(encoder.embeddings.used if encoder.embeddings else None)
                 for i, image in enumerate(images):
+                    if restore_faces is not None:
+                        image = restore_faces.run(image)
                     if job.controlnets is not None:
                         image = job.controlnets.finish(image)  # inpaint_only's paste, before the overlay
                     image = _finish(image, pixels)
                     # With hires. fix, "Size" is the first pass's, as A1111 writes it.
                     size = (params.width, params.height) if hr is not None else image.size
                     fields = _infotext_fields(params, batch_seeds[i], subseeds and batch_subseeds[i],
-                                              model_name, model_hash, size)
+                                              model_name, model_hash, size, restore_faces)
                     text = format_infotext(params.prompt, params.negative_prompt,
                                            {**fields, **extra_fields, **network_fields})
                     for hook in image_hooks or []:
@@ -491,17 +496,17 @@ def _inpainting_channels(model: SDModel, pixels: _Pixels, params: GenerationPara
 
 
 def _infotext_fields(params: GenerationParams, seed: int, subseed: int | None | bool, model_name: str,
-                     model_hash: str, size: tuple[int, int]) -> dict[str, object]:
+                     model_hash: str, size: tuple[int, int], faces: FaceStep | None = None) -> dict[str, object]:
     fields: dict[str, object] = {
         "Steps": params.steps,
         "Sampler": params.sampler,
         "Schedule type": params.schedule_type,
         "CFG scale": params.cfg_scale,
         "Seed": seed,
-        "Size": f"{size[0]}x{size[1]}",
-        "Model hash": model_hash,
-        "Model": model_name,
     }
+    if faces is not None:
+        fields["Face restoration"] = faces.name  # after the seed, as A1111 writes it
+    fields.update({"Size": f"{size[0]}x{size[1]}", "Model hash": model_hash, "Model": model_name})
     if isinstance(params, (Img2ImgParams, OutpaintParams)):
         fields["Denoising strength"] = params.denoising_strength
     if isinstance(params, Img2ImgParams) and not isinstance(params, InpaintParams):

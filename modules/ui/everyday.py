@@ -1,4 +1,5 @@
-"""The generation tabs' everyday controls: Hires. fix (txt2img), Tiling, Styles and the Refiner.
+"""The generation tabs' everyday controls: Hires. fix (txt2img), Tiling, Restore faces, Styles and the
+Refiner.
 
 Every control is keyed by its params field name, so the tab hands the values straight to the params
 dataclass (and paste fills them from an infotext by the same names).
@@ -57,6 +58,11 @@ def build_common(ctx: AppContext, mode: str, prompt: gr.Textbox,
     with gr.Row():
         controls["tiling"] = gr.Checkbox(False, label="Tiling", info="seamless: the edges continue each other",
                                          elem_id=f"{mode}_tiling")
+        controls["restore_faces"] = gr.Checkbox(ctx.options.options.face_restoration, label="Restore faces",
+                                                info=_faces_info(ctx), elem_id=f"{mode}_restore_faces")
+        controls["face_restorer"] = gr.Dropdown([("Setting", ""), ("CodeFormer", "CodeFormer"), ("GFPGAN", "GFPGAN")],
+                                                value="", label="Face restorer", elem_id=f"{mode}_face_restorer",
+                                                info="Setting: face_restoration_model")
         controls["styles"] = gr.Dropdown(ctx.styles.names(), value=[], multiselect=True, label="Styles",
                                          info="from styles.csv in the data folder", elem_id=f"{mode}_styles")
         # Styles are data, not controls: the button writes them into the prompts (A1111's 📋).
@@ -79,6 +85,11 @@ def build_common(ctx: AppContext, mode: str, prompt: gr.Textbox,
         placeholder='{"eta_noise_seed_delta": 31337}',
         info="settings for this generation only, as JSON; filled when pasting an infotext that records one")
     return controls
+
+
+def _faces_info(ctx: AppContext) -> str:
+    ready = [f.name for f in ctx.faces.listing() if f.available]
+    return f"ready: {', '.join(ready)}" if ready else "needs GFPGAN or CodeFormer files (see the Extras tab)"
 
 
 def style_choices(store: StyleStore) -> gr.Dropdown:

@@ -1,4 +1,5 @@
-"""The Extras tab: upscale a finished picture with one or two upscalers (model files included)."""
+"""The Extras tab: upscale a finished picture with one or two upscalers (model files included), then
+restore its faces with GFPGAN and/or CodeFormer."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from PIL import Image
 
 from modules.context import AppContext
 from modules.images import save_image
-from modules.postprocessing import ExtrasParams, upscale
+from modules.postprocessing import ExtrasParams, postprocess
 from modules.ui.common import REFRESH, describe_exception, error_html, info_html
 
 MODES = ("Scale by", "Scale to")
@@ -27,20 +28,27 @@ class ExtrasTab:
 
 
 def run_extras(ctx: AppContext, image: Image.Image | None, mode: str, scale: float, width: float, height: float,
-               crop: bool, upscaler_1: str, upscaler_2: str, visibility: float) -> tuple[Image.Image | None, str, str]:
-    """(upscaled picture, info line, message html) for the Upscale button; errors become the message."""
+               crop: bool, upscaler_1: str, upscaler_2: str, visibility: float, gfpgan_visibility: float = 0.0,
+               codeformer_visibility: float = 0.0, codeformer_weight: float = 0.0) -> tuple[Image.Image | None, str, str]:
+    """(processed picture, info line, message html) for the Upscale button; errors become the message."""
     if image is None:
         return None, "", error_html("Drop a picture into Source first.")
     params = ExtrasParams(resize_mode=MODES.index(mode), scale=float(scale), width=int(width), height=int(height),
                           crop=bool(crop), upscaler_1=upscaler_1 or "None", upscaler_2=upscaler_2 or "None",
-                          upscaler_2_visibility=float(visibility))
+                          upscaler_2_visibility=float(visibility), gfpgan_visibility=float(gfpgan_visibility),
+                          codeformer_visibility=float(codeformer_visibility), codeformer_weight=float(codeformer_weight))
     try:
         with ctx.registry.lock:  # the device is shared with generation
-            result, info = upscale(ctx.upscalers, image, params)
+            result, info = postprocess(ctx.upscalers, ctx.faces, image, params)
         saved = save_image(result, ctx.outdir / "extras-images", 0, info or None, pattern="")
     except Exception as exc:  # noqa: BLE001 - shown in the page, the server keeps running
         return None, "", error_html(describe_exception(exc))
     return result, info, info_html(f"Saved {saved.name} ({result.width}x{result.height}).")
+
+
+def _faces_note(ctx: AppContext) -> str:
+    """Which restorers can run; for the others, which file to put where."""
+    return "  \n".join(f"**{f.name}**: ready" if f.available else f.missing for f in ctx.faces.listing())
 
 
 def build_extras_tab(ctx: AppContext) -> ExtrasTab:
@@ -61,6 +69,15 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
                 refresh = gr.Button(REFRESH, size="sm", min_width=40, elem_id="extras_refresh_upscalers")
             visibility = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="Upscaler 2 visibility",
                                    elem_id="extras_upscaler_2_visibility")
+            with gr.Accordion("Face restoration", open=False, elem_id="extras_face_restoration"):
+                faces_note = gr.Markdown(_faces_note(ctx), elem_id="extras_faces_note")
+                gfpgan = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="GFPGAN visibility",
+                                   elem_id="extras_gfpgan_visibility")
+                codeformer = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="CodeFormer visibility",
+                                       elem_id="extras_codeformer_visibility")
+                codeformer_weight = gr.Slider(0.0, 1.0, value=0.0, step=0.001,
+                                              label="CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
+                                              elem_id="extras_codeformer_weight")
             run = gr.Button("Upscale", variant="primary", elem_id="extras_generate")
         with gr.Column():
             result = gr.Image(label="Result", type="pil", interactive=False, elem_id="extras_result", height=420,
@@ -71,17 +88,18 @@ def build_extras_tab(ctx: AppContext) -> ExtrasTab:
     def on_run(*values: Any) -> tuple[Any, str, str]:
         return run_extras(ctx, *values)
 
-    run.click(on_run, inputs=[image, mode, scale, width, height, crop, upscaler_1, upscaler_2, visibility],
+    run.click(on_run, inputs=[image, mode, scale, width, height, crop, upscaler_1, upscaler_2, visibility, gfpgan,
+                              codeformer, codeformer_weight],
               outputs=[result, info, message], concurrency_id="generate", concurrency_limit=1,
               api_name="extras", show_progress="minimal")
 
-    def on_refresh(first: str, second: str) -> tuple[gr.Dropdown, gr.Dropdown]:
+    def on_refresh(first: str, second: str) -> tuple[gr.Dropdown, gr.Dropdown, str]:
         ctx.upscalers.refresh()
         fresh = [u.name for u in ctx.upscalers.pixel_upscalers()]
         return (gr.Dropdown(choices=fresh, value=first if first in fresh else "None"),
-                gr.Dropdown(choices=fresh, value=second if second in fresh else "None"))
+                gr.Dropdown(choices=fresh, value=second if second in fresh else "None"), _faces_note(ctx))
 
-    refresh.click(on_refresh, inputs=[upscaler_1, upscaler_2], outputs=[upscaler_1, upscaler_2],
+    refresh.click(on_refresh, inputs=[upscaler_1, upscaler_2], outputs=[upscaler_1, upscaler_2, faces_note],
                   concurrency_limit=None, show_progress="hidden", api_visibility="undocumented")
     return ExtrasTab(image=image, result=result, upscaler_1=upscaler_1, upscaler_2=upscaler_2, run=run,
                      message=message)
