@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,23 @@ def _b64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_command_line_switches(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    from modules.images import read_infotext
+    from modules.processing.infotext import infotext_to_params, parse_infotext
+
+    # Importing webui sets the offline variables: kept to this test (as tests/test_cli.py does).
+    for key in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
+                "HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+        monkeypatch.setenv(key, os.environ.get(key, ""))
+    import webui
+
+    args = ["txt2img", "--data-dir", str(data_dir), "--outdir", str(tmp_path), "--threads", "1", "--steps", "2",
+            "--width", "64", "--height", "64", "--seed", "5", "--restore-faces", "--face-restorer", "gfpgan",
+            "--codeformer-weight", "0.2"]
+    assert webui.main(args) == 0
+    path = Path(capsys.readouterr().out.strip())
+    fields = infotext_to_params(parse_infotext(read_infotext(path))[2])
+    assert fields["restore_faces"] is True and fields["face_restorer"] == "GFPGAN"
