@@ -62,7 +62,7 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
 
 
 @pytest.mark.parametrize(("route", "expected"), [
-    ("/hypernetworks", []), ("/face-restorers", []), ("/realesrgan-models", []), ("/loras", []),
+    ("/hypernetworks", []), ("/realesrgan-models", []), ("/loras", []),
     ("/embeddings", {"loaded": {}, "skipped": {}}),
 ])
 def test_listings_answer_when_empty(empty: TestClient, route: str, expected: Any) -> None:
