@@ -301,8 +301,11 @@ def run(ctx: AppContext, args: argparse.Namespace) -> int:
         params = build_params(args).validate()  # bad flags fail here, before any model is loaded
         outdir = getattr(args, "outdir", None)
         if outdir:
-            # The flag wins over the Settings' output folder for this run only (never saved).
-            ctx.options.update({"outdir_samples": str(Path(outdir).expanduser().resolve())}, save=False)
+            # The flag wins over the Settings' output folders for this run only (never saved): the
+            # pictures go to <outdir>/<mode>-images.
+            ctx.options.update({key: "" for key in ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples",
+                                                     "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_grids")},
+                               save=False)
         start = time.perf_counter()
         result = ctx.generate(params)
         if not result.paths:

@@ -6,7 +6,7 @@ else in the program holds mutable state that others import.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from modules.models.discovery import HashCache
 from modules.models.registry import ModelRegistry
 from modules.options import Options, OptionsStore
 from modules.processing.control import GenerationControl
+from modules.processing.output import OutputSettings, extras_dir, output_settings
 from modules.processing.params import GenerationParams
 from modules.processing.run import GenerationResult, ImageHook, generate
 from modules.sampling.samplers import SamplerSettings
@@ -129,8 +130,16 @@ class AppContext:
 
     @property
     def outdir(self) -> Path:
-        custom = self.options.options.outdir_samples
-        return Path(custom) if custom else self.paths.outdir
+        """The outputs folder (`--outdir`, else outputs/ in the data folder) that the defaults live under."""
+        return self.paths.outdir
+
+    def output(self, mode: str, options: Options | None = None) -> OutputSettings:
+        """Where and how a request of `mode` saves (the Saving / Paths / Infotext settings in force)."""
+        return output_settings(options or self.options.options, mode, self.paths.outdir, self.paths.data_dir)
+
+    @property
+    def extras_dir(self) -> Path:
+        return extras_dir(self.options.options, self.paths.outdir, self.paths.data_dir)
 
     def generate(self, params: GenerationParams) -> GenerationResult:
         """The one entry for the UI, the API and the CLI: generation through the processing layer,
@@ -142,12 +151,13 @@ class AppContext:
                             f"{', '.join(FORMATS)}.")
         self.registry.set_vae_tiling(self.policy.vae_tiling or options.vae_tiling)
         faces = self.face_step(params, options)
-        return generate(self.styles.apply_to(params), self.registry, self.outdir, self.control, self.image_hooks,
+        if not options.samples_save:  # A1111's "Always save all generated images" off
+            params = replace(params, save=False)
+        return generate(self.styles.apply_to(params), self.registry, None, self.control, self.image_hooks,
                         lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,
-                        upscalers=self.upscalers, filename_pattern=options.samples_filename_pattern,
-                        sampling=sampler_settings(options), controlnets=self.controlnets,
-                        auto_vae_precision=options.auto_vae_precision, image_format=options.samples_format,
-                        restore_faces=faces)
+                        upscalers=self.upscalers, sampling=sampler_settings(options), controlnets=self.controlnets,
+                        auto_vae_precision=options.auto_vae_precision, restore_faces=faces,
+                        output=self.output(params.mode, options))
 
     def face_step(self, params: GenerationParams, options: Options) -> FaceStep | None:
         """The face restoration a request asks for (its own fields, else the settings), checked now:
@@ -165,6 +175,6 @@ def sampler_settings(options: Options) -> SamplerSettings:
     return SamplerSettings(
         eta_noise_seed_delta=options.eta_noise_seed_delta, sgm_noise_multiplier=options.sgm_noise_multiplier,
         always_discard_next_to_last_sigma=options.always_discard_next_to_last_sigma,
-        img2img_fix_steps=options.img2img_fix_steps,
+        img2img_fix_steps=options.img2img_fix_steps, initial_noise_multiplier=options.initial_noise_multiplier,
         schedule=ScheduleSettings(rho=options.rho, beta_alpha=options.beta_dist_alpha,
                                   beta_beta=options.beta_dist_beta))

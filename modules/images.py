@@ -126,22 +126,25 @@ def _exif(infotext: str) -> Image.Exif:
     return exif
 
 
-def _write(image: Image.Image, fileobj: BinaryIO, pil_format: str, infotext: str | None) -> None:
+def _write(image: Image.Image, fileobj: BinaryIO, pil_format: str, infotext: str | None, quality: int = 80,
+           pnginfo: bool = True) -> None:
     if pil_format == "PNG":
-        image.save(fileobj, format="PNG", pnginfo=_pnginfo(infotext))
+        # A1111's enable_pnginfo: off, PNGs carry no parameters (JPEG/WebP keep their EXIF comment, as there).
+        image.save(fileobj, format="PNG", pnginfo=_pnginfo(infotext) if pnginfo else None)
         return
     if pil_format == "JPEG" and image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
-    kwargs = {"quality": 95} if pil_format in ("JPEG", "WEBP") else {}
+    kwargs = {"quality": int(quality)} if pil_format in ("JPEG", "WEBP") else {}
     if infotext is not None:
         kwargs["exif"] = _exif(infotext)
     image.save(fileobj, format=pil_format, **kwargs)
 
 
-def _claim(temp: Path, folder: Path, make_name: Callable[[int], str], prefix: str) -> Path:
-    """Give `temp` the first free numbered name, never replacing an existing file."""
+def _claim(temp: Path, folder: Path, make_name: Callable[[int], str], prefix: str | None) -> Path:
+    """Give `temp` the first free numbered name, never replacing an existing file (`prefix` None: start
+    at 0 rather than after the highest number in the folder)."""
     with _claim_lock:
-        number = next_sequence_number(folder, prefix)
+        number = next_sequence_number(folder, prefix) if prefix is not None else 0
         while True:
             target = folder / make_name(number)
             try:
@@ -170,7 +173,9 @@ def _save_numbered(
     extension: str,
     infotext: str | None,
     make_name: Callable[[int], str],
-    prefix: str,
+    prefix: str | None,
+    quality: int = 80,
+    pnginfo: bool = True,
 ) -> Path:
     ext, pil_format = _extension(extension)
     folder.mkdir(parents=True, exist_ok=True)
@@ -179,7 +184,7 @@ def _save_numbered(
     fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as fileobj:
-            _write(image, fileobj, pil_format, infotext)
+            _write(image, fileobj, pil_format, infotext, quality, pnginfo)
             fileobj.flush()
             os.fsync(fileobj.fileno())
         return _claim(temp, folder, lambda n: f"{make_name(n)}.{ext}", prefix)
@@ -200,20 +205,32 @@ def save_image(
     infotext: str | None,
     extension: str = "png",
     pattern: str = DEFAULT_PATTERN,
+    *,
+    add_number: bool = True,
+    quality: int = 80,
+    pnginfo: bool = True,
 ) -> Path:
     """Save as outdir/YYYY-MM-DD/NNNNN-<pattern>.<ext> (00000-1234.png) with the infotext inside.
 
     `pattern` takes A1111 filename tags ([seed], [prompt_words], [model_name], [sampler], [steps],
     [cfg], [width], [height], [date], [datetime], ...), filled from `seed` and the infotext.
+    Without `add_number` the name is the pattern alone, and a name already taken gets "-1", "-2"...
+    (A1111 would overwrite it). `quality`: JPEG/WebP; `pnginfo` off: no parameters in a PNG.
     """
     decoration = expand_pattern(pattern, seed, infotext)
+    if not add_number and decoration:
+        return _save_numbered(image, dated_folder(outdir), extension, infotext,
+                              lambda n: decoration if n == 0 else f"{decoration}-{n}", None, quality, pnginfo)
     suffix = f"-{decoration}" if decoration else ""
-    return _save_numbered(image, dated_folder(outdir), extension, infotext, lambda n: f"{n:05}{suffix}", "")
+    return _save_numbered(image, dated_folder(outdir), extension, infotext, lambda n: f"{n:05}{suffix}", "",
+                          quality, pnginfo)
 
 
-def save_grid(grid: Image.Image, outdir: Path, infotext: str | None = None, extension: str = "png") -> Path:
+def save_grid(grid: Image.Image, outdir: Path, infotext: str | None = None, extension: str = "png", *,
+              quality: int = 80, pnginfo: bool = True) -> Path:
     """Save a grid (see `make_grid`) as outdir/YYYY-MM-DD/grid-NNNN.<ext>."""
-    return _save_numbered(grid, dated_folder(outdir), extension, infotext, lambda n: f"grid-{n:04}", "grid-")
+    return _save_numbered(grid, dated_folder(outdir), extension, infotext, lambda n: f"grid-{n:04}", "grid-",
+                          quality, pnginfo)
 
 
 def _decode_user_comment(raw: bytes | str) -> str | None:

@@ -22,10 +22,30 @@ class Options:
     default_scheduler: str = "Automatic"
     default_steps: int = 20
     CLIP_stop_at_last_layers: int = 1  # A1111's name for CLIP skip
-    outdir_samples: str = ""  # empty: outputs/ under the data dir
+    # Saving (A1111's keys). samples_save off: generated pictures are shown, not written.
+    samples_save: bool = True
     samples_format: str = "png"
     samples_filename_pattern: str = "[seed]"
+    save_images_add_number: bool = True  # the NNNNN- before the pattern (off: a clash gets "-1", never overwrites)
     grid_save: bool = False
+    jpeg_quality: int = 80  # JPEG and WebP quality, 1-100
+    # Paths (relative ones are in the data folder). outdir_samples, when set, takes every generated
+    # picture directly, as A1111; otherwise each tab's folder, and empty means outputs/<mode>-images.
+    outdir_samples: str = ""
+    outdir_txt2img_samples: str = ""
+    outdir_img2img_samples: str = ""  # img2img, inpaint and outpaint (A1111's img2img tab)
+    outdir_extras_samples: str = ""
+    outdir_grids: str = ""
+    outdir_txt2img_grids: str = ""
+    outdir_img2img_grids: str = ""
+    # Infotext: written into the files, and with which model fields.
+    enable_pnginfo: bool = True
+    add_model_hash_to_info: bool = True
+    add_model_name_to_info: bool = True
+    # The API returns the grid first when a request makes several pictures (and saves them).
+    return_grid: bool = True
+    # img2img: the noise added to the picture is multiplied by this (A1111's "Noise multiplier for img2img").
+    initial_noise_multiplier: float = 1.0
     live_previews_enable: bool = True
     # Decode latents in tiles at every size (less memory; --vae-tiling forces it on).
     vae_tiling: bool = False
@@ -57,6 +77,31 @@ class Options:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+# Bounds and choices of the options that have them; checked for the Settings tab, POST /options and
+# override_settings alike.
+_RANGES: dict[str, tuple[float, float]] = {
+    "jpeg_quality": (1, 100), "show_progress_every_n_steps": (1, 1000), "default_steps": (1, 150),
+    "CLIP_stop_at_last_layers": (1, 12), "control_net_unit_count": (1, 10), "code_former_weight": (0.0, 1.0),
+    "initial_noise_multiplier": (0.0, 1.5), "rho": (0.0, 100.0),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "samples_format": ("png", "jpg", "jpeg", "webp"), "face_restoration_model": ("CodeFormer", "GFPGAN"),
+}
+
+
+def _check_value(key: str, value: Any) -> Any:
+    if key in _RANGES:
+        low, high = _RANGES[key]
+        if not low <= value <= high:
+            raise UserError(f"Option {key} must be from {low:g} to {high:g}, got {value!r}.")
+    if key in _CHOICES:
+        for choice in _CHOICES[key]:
+            if value.lower().lstrip(".") == choice.lower():
+                return choice
+        raise UserError(f"Option {key} must be one of {', '.join(_CHOICES[key])}, got {value!r}.")
+    return value
+
+
 def checked_changes(changes: dict[str, Any]) -> dict[str, Any]:
     """`changes` with values in the options' types; a UserError names an unknown key or a bad value."""
     defaults = Options()
@@ -79,7 +124,7 @@ def checked_changes(changes: dict[str, Any]) -> dict[str, Any]:
             value = float(value)
         elif isinstance(current, str) and not isinstance(value, str):
             raise UserError(f"Option {key} must be text, got {value!r}.")
-        out[key] = value
+        out[key] = _check_value(key, value)
     return out
 
 

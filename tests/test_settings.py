@@ -1,8 +1,11 @@
 """Settings that take effect: the ControlNet units setting (control_net_unit_count, default 3: how
 many units a request may carry, what /controlnet/settings answers, how many unit tabs the accordion
-has), where annotator weights are looked for, and samples_format."""
+has), where annotator weights are looked for, samples_format; the Saving, Paths, Infotext, img2img and
+User interface groups (one test each) and the Settings tab's sections."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -85,6 +88,131 @@ def test_samples_format_setting(ctx: AppContext, tmp_path_factory: pytest.TempPa
     with Image.open(path) as picture:
         assert picture.format == {"jpg": "JPEG", "webp": "WEBP"}[image_format]
     assert read_infotext(path) == result.infotexts[0]  # in the EXIF user comment, as A1111 writes it
-    with pytest.raises(UserError, match="samples_format is 'gif'"):
+    with pytest.raises(UserError, match="samples_format must be one of png"):
         ctx.generate(Txt2ImgParams(prompt="a dot", steps=1, width=64, height=64,
                                    override_settings={"samples_format": "gif"}))
+
+
+def _generate(ctx: AppContext, **overrides: object) -> object:
+    return ctx.generate(Txt2ImgParams(prompt="a dot", steps=1, seed=5, width=64, height=64, batch_size=2,
+                                      override_settings=dict(overrides)))
+
+
+def test_saving_group(ctx: AppContext) -> None:
+    from modules.images import read_infotext
+
+    assert _generate(ctx, samples_save=False).paths == []
+    first = _generate(ctx, save_images_add_number=False, samples_filename_pattern="dot-[seed]")
+    assert [p.name for p in first.paths] == ["dot-5.png", "dot-6.png"]
+    again = _generate(ctx, save_images_add_number=False, samples_filename_pattern="dot-[seed]")
+    assert [p.name for p in again.paths] == ["dot-5-1.png", "dot-6-1.png"]  # never overwritten
+    assert all(p.is_file() for p in first.paths)
+    small = _generate(ctx, samples_format="jpg", jpeg_quality=5).paths[0]
+    large = _generate(ctx, samples_format="jpg", jpeg_quality=100).paths[0]
+    assert small.stat().st_size < large.stat().st_size
+    bare = _generate(ctx, enable_pnginfo=False).paths[0]
+    assert read_infotext(bare) is None
+    with pytest.raises(UserError, match="jpeg_quality must be from 1 to 100"):
+        _generate(ctx, jpeg_quality=0)
+
+
+def test_paths_group(ctx: AppContext, tmp_path: Path) -> None:
+    from modules.ui.extras import run_extras
+
+    data = ctx.paths.data_dir
+    result = _generate(ctx, outdir_txt2img_samples="mine/t2i", grid_save=True, outdir_txt2img_grids="mine/grids")
+    assert all(p.parent.parent == data / "mine" / "t2i" for p in result.paths)
+    result = ctx.generate(Txt2ImgParams(prompt="a dot", steps=1, seed=5, width=64, height=64, batch_size=2,
+                                        save_grid=True, override_settings={"outdir_txt2img_grids": "mine/grids"}))
+    assert result.grid_path is not None and result.grid_path.parent.parent == data / "mine" / "grids"
+    everything = tmp_path / "all"
+    result = _generate(ctx, outdir_samples=str(everything), outdir_txt2img_samples="mine/t2i")
+    assert all(p.parent.parent == everything for p in result.paths)  # outdir_samples wins, no mode folder
+    assert all(p.parent.parent == ctx.outdir / "txt2img-images" for p in _generate(ctx).paths)  # the default
+    ctx.options.update({"outdir_extras_samples": str(tmp_path / "extras")}, save=False)
+    try:
+        _, _, message = run_extras(ctx, Image.new("RGB", (16, 16)), "Scale by", 2, 1, 1, True, "Lanczos", "None", 0)
+    finally:
+        ctx.options.update({"outdir_extras_samples": ""}, save=False)
+    assert "Saved" in message and list((tmp_path / "extras").rglob("*.png"))
+
+
+def test_infotext_group(ctx: AppContext) -> None:
+    full = _generate(ctx).infotexts[0]
+    assert "Model hash: " in full and "Model: tiny" in full
+    text = _generate(ctx, add_model_hash_to_info=False, add_model_name_to_info=False).infotexts[0]
+    assert "Model hash" not in text and "Model:" not in text and "Seed: 5" in text
+
+
+def test_img2img_noise_multiplier(ctx: AppContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    import torch
+
+    from modules.processing import run
+    from modules.processing.params import Img2ImgParams
+
+    added: list[torch.Tensor] = []  # the noise each run adds to the picture's latents
+    make_scheduler = run.make_scheduler
+
+    def spying(*args: object, **kwargs: object) -> object:
+        scheduler = make_scheduler(*args, **kwargs)
+        add_noise = scheduler.add_noise
+        scheduler.add_noise = lambda x, noise, t: (added.append(noise.clone()), add_noise(x, noise, t))[1]
+        return scheduler
+
+    monkeypatch.setattr(run, "make_scheduler", spying)
+    init = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+
+    def img2img(**overrides: object) -> object:
+        return ctx.generate(Img2ImgParams(prompt="a dot", steps=4, seed=5, width=64, height=64, init_image=init,
+                                          denoising_strength=0.6, save=False, sampler="Euler",
+                                          override_settings=dict(overrides)))
+
+    plain, quiet = img2img(), img2img(initial_noise_multiplier=0.5)
+    assert "Noise multiplier" not in plain.infotexts[0] and "Noise multiplier: 0.5" in quiet.infotexts[0]
+    assert len(added) == 2 and torch.equal(added[1], added[0] * 0.5)  # A1111: x *= initial_noise_multiplier
+    assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(quiet.images[0]))
+    a, b = (ctx.generate(Txt2ImgParams(prompt="a dot", steps=2, seed=5, width=64, height=64, save=False,
+                                       override_settings=o)) for o in ({}, {"initial_noise_multiplier": 0.5}))
+    assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0])) and "Noise multiplier" not in b.infotexts[0]
+
+
+def test_user_interface_group_return_grid(ctx: AppContext) -> None:
+    api = TestClient(create_api(ctx))
+    body = {"prompt": "a dot", "steps": 1, "width": 64, "height": 64, "batch_size": 2, "save_images": True}
+    with_grid = api.post("/sdapi/v1/txt2img", json=body).json()
+    assert len(with_grid["images"]) == 3  # the grid first, as A1111's default
+    without = api.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"return_grid": False}}).json()
+    assert len(without["images"]) == 2
+    bad = api.post("/sdapi/v1/options", json={"face_restoration_model": "RestoreFormer"})
+    assert bad.status_code == 400 and "face_restoration_model" in bad.json()["detail"]
+    bad = api.post("/sdapi/v1/options", json={"jpeg_quality": "high"})
+    assert bad.status_code == 400 and "jpeg_quality" in bad.json()["detail"]
+    options = api.get("/sdapi/v1/options").json()
+    assert options["jpeg_quality"] == 80 and options["samples_save"] is True and options["return_grid"] is True
+
+
+def test_settings_tab_shows_every_option_in_sections() -> None:
+    from dataclasses import fields
+
+    from modules.options import Options
+    from modules.ui.settings_layout import SECTIONS, setting_keys
+
+    internal = {"sd_model_checkpoint", "disabled_extensions", "extension_settings"}
+    keys = setting_keys()
+    assert len(keys) == len(set(keys))
+    assert set(keys) == {f.name for f in fields(Options)} - internal
+    titles = [s.title for s in SECTIONS]
+    assert titles[:3] == ["Saving images/grids", "Paths for saving", "Stable Diffusion"]
+
+
+def test_settings_tab_checks_what_it_saves(ctx: AppContext) -> None:
+    from modules.ui.settings import check_changes
+
+    values = ctx.options.options.to_dict()
+    good = check_changes(ctx, {**values, "samples_format": "JPG", "outdir_txt2img_samples": " out/t2i "})
+    assert good["samples_format"] == "jpg" and good["outdir_txt2img_samples"] == "out/t2i"
+    with pytest.raises(UserError, match="code_former_weight must be from 0 to 1"):
+        check_changes(ctx, {**values, "code_former_weight": 2.0})
+    with pytest.raises(UserError, match="Unknown filename tag"):
+        check_changes(ctx, {**values, "samples_filename_pattern": "[nope]"})

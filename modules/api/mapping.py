@@ -381,14 +381,14 @@ class Answer:
     info: str
 
 
-def build_answer(req: GenerationRequest, result: GenerationResult) -> Answer:
+def build_answer(req: GenerationRequest, result: GenerationResult, return_grid: bool = True) -> Answer:
     """Base64 images and A1111's `info` JSON; with save_images and several pictures the grid comes
-    first (A1111's default "return grid"), and index_of_first_image says so (also for the grids a
-    script puts first)."""
+    first (A1111's setting "return_grid", on by default), and index_of_first_image says so (also for
+    the grids a script puts first)."""
     params = result.params
     images, infotexts = list(result.images), list(result.infotexts)
     first = result.grids
-    if req.save_images and not req.do_not_save_grid and len(images) > 1:
+    if return_grid and req.save_images and not req.do_not_save_grid and len(images) > 1:
         images.insert(0, make_grid(images))
         infotexts.insert(0, infotexts[0])
         first += 1

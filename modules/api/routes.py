@@ -117,7 +117,9 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
         result = run_script(ctx, script, params, args or {}) if script else ctx.generate(params)
         mapping.after_generation(ctx, req, result.params)
         # A script's answer already starts with its own grid.
-        answer = mapping.build_answer(req.model_copy(update={"do_not_save_grid": True}) if script else req, result)
+        return_grid = ctx.options.effective(params.override_settings).return_grid
+        answer = mapping.build_answer(req.model_copy(update={"do_not_save_grid": True}) if script else req, result,
+                                      return_grid)
         return ImageResponse(images=answer.images, parameters=mapping.echo_parameters(req), info=answer.info)
 
     # ------------------------------------------------------------------ generation

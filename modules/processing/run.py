@@ -24,7 +24,7 @@ from modules.controlnet.registry import ControlNetRegistry
 from modules.devices import execution_device
 from modules.errors import UserError
 from modules.faces.restore import FaceStep
-from modules.images import DEFAULT_PATTERN, make_grid, save_grid, save_image
+from modules.images import make_grid, save_image
 from modules.models.load import SDModel
 from modules.models.placement import decode as vae_decode
 from modules.models.registry import ModelRegistry
@@ -34,6 +34,7 @@ from modules.processing import inpaint as px
 from modules.processing import refiner as refiners
 from modules.processing.control import GenerationControl
 from modules.processing.infotext import format_infotext
+from modules.processing.output import OutputSettings
 from modules.processing.params import GenerationParams, Img2ImgParams, InpaintParams, OutpaintParams
 from modules.processing.preview import latent_preview
 from modules.processing.tiling import circular_padding
@@ -113,21 +114,23 @@ ImageHook = Callable[[Image.Image, str, GenerationParams], Image.Image | None]
 def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | None = None,
              control: GenerationControl | None = None, image_hooks: list[ImageHook] | None = None,
              lora_dir: Path | None = None, embeddings_dir: Path | None = None,
-             upscalers: UpscalerRegistry | None = None, filename_pattern: str = DEFAULT_PATTERN,
-             sampling: SamplerSettings | None = None, controlnets: ControlNetRegistry | None = None,
-             auto_vae_precision: bool = True, image_format: str = "png",
-             restore_faces: FaceStep | None = None) -> GenerationResult:
+             upscalers: UpscalerRegistry | None = None, sampling: SamplerSettings | None = None,
+             controlnets: ControlNetRegistry | None = None, auto_vae_precision: bool = True,
+             restore_faces: FaceStep | None = None, output: OutputSettings | None = None) -> GenerationResult:
     """Run one generation request; holds the device for its duration (requests queue on it).
 
     `<lora:NAME:WEIGHT>` tags load NAME from `lora_dir`, embeddings named in the prompts come from
-    `embeddings_dir`; both apply to this request only. `image_format`: png, jpg or webp (the infotext
-    goes into the PNG's text or the EXIF user comment). `sampling`: the sampler settings in force
+    `embeddings_dir`; both apply to this request only. Pictures are saved (when `params.save`) as
+    `output` says (folders, format, name pattern, infotext), or by default under `outdir`/<mode>-images.
+    `sampling`: the sampler settings in force
     (ENSD, SGM noise multiplier, ...), A1111's defaults when not given. `controlnets`: where the
     ControlNet models of `params.controlnet_units` are found (and kept loaded). `restore_faces`: face
     restoration run on each picture as it is decoded (before the inpaint overlay, as A1111).
     """
     control = control or GenerationControl()
     sampling = sampling or SamplerSettings()
+    if output is None and outdir is not None:
+        output = OutputSettings(samples_dir=outdir / f"{params.mode}-images", grids_dir=outdir / f"{params.mode}-grids")
     # 1. Check inputs: every user error surfaces here, before anything is computed or written.
     params = params.validate()
     upscalers = upscalers or UpscalerRegistry()
@@ -138,6 +141,9 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
         info = registry.current_info
         model_name = info.stem if info else "unknown"
         model_hash = registry.short_hash()
+        # A1111's add_model_name_to_info / add_model_hash_to_info: what the infotext names.
+        info_name = model_name if output is None or output.model_name_in_info else None
+        info_hash = model_hash if output is None or output.model_hash_in_info else None
         # 2. Pixels: the generation size, the starting image and the mask.
         params, pixels = _prepare_pixels(params, model)
         hr = hires.plan(params, upscalers)
@@ -172,6 +178,8 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                         **(refiner.infotext_fields() if refiner else {})}
         if params.tiling:
             extra_fields["Tiling"] = True
+        if pixels.init is not None and sampling.initial_noise_multiplier != 1.0:
+            extra_fields["Noise multiplier"] = sampling.initial_noise_multiplier
         # ControlNet: every unit's model loaded and checked and its map detected, once per request.
         job.controlnets = request_controlnets(
             params, controlnets, model, model_name, (hr.width, hr.height) if hr else None, seed,
@@ -200,7 +208,7 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                     # With hires. fix, "Size" is the first pass's, as A1111 writes it.
                     size = (params.width, params.height) if hr is not None else image.size
                     fields = _infotext_fields(params, batch_seeds[i], subseeds and batch_subseeds[i],
-                                              model_name, model_hash, size, restore_faces)
+                                              info_name, info_hash, size, restore_faces)
                     text = format_infotext(params.prompt, params.negative_prompt,
                                            {**fields, **extra_fields, **network_fields})
                     for hook in image_hooks or []:
@@ -208,15 +216,13 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                     result.images.append(image)
                     result.infotexts.append(text)
                     result.seeds.append(batch_seeds[i])
-                    if params.save and outdir is not None:
-                        result.paths.append(save_image(image, outdir / f"{params.mode}-images", batch_seeds[i], text,
-                                                       image_format, filename_pattern))
-            if params.save and params.save_grid and outdir is not None and len(result.images) > 1:
-                result.grid_path = save_grid(make_grid(result.images), outdir / f"{params.mode}-grids",
-                                             result.infotexts[0], image_format)
-            if params.save and outdir is not None and result.images:
+                    if params.save and output is not None:
+                        result.paths.append(output.save(image, batch_seeds[i], text))
+            if params.save and params.save_grid and output is not None and len(result.images) > 1:
+                result.grid_path = output.save_grid(make_grid(result.images), result.infotexts[0])
+            if params.save and output is not None and result.images:
                 # The maps the ControlNet units were asked to keep, saved beside the pictures.
-                result.map_paths = [save_image(detected, outdir / f"{params.mode}-images", result.seeds[0], None,
+                result.map_paths = [save_image(detected, output.samples_dir, result.seeds[0], None,
                                                pattern=f"[seed]-controlnet-map-{index}")
                                     for index, detected in enumerate(result.detected_maps)]
         finally:
@@ -372,6 +378,8 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     if noised_picture:
+        if pixels.init is not None and job.sampling.initial_noise_multiplier != 1.0:
+            noise = noise * job.sampling.initial_noise_multiplier  # img2img's noise, not the hires pass's (A1111)
         latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
     else:
         latents = noise * start_noise_scale(scheduler, job.sampling.sgm_noise_multiplier)
@@ -495,8 +503,8 @@ def _inpainting_channels(model: SDModel, pixels: _Pixels, params: GenerationPara
     return torch.cat([extra, extra]).to(dtype)
 
 
-def _infotext_fields(params: GenerationParams, seed: int, subseed: int | None | bool, model_name: str,
-                     model_hash: str, size: tuple[int, int], faces: FaceStep | None = None) -> dict[str, object]:
+def _infotext_fields(params: GenerationParams, seed: int, subseed: int | None | bool, model_name: str | None,
+                     model_hash: str | None, size: tuple[int, int], faces: FaceStep | None = None) -> dict[str, object]:
     fields: dict[str, object] = {
         "Steps": params.steps,
         "Sampler": params.sampler,
@@ -506,7 +514,11 @@ def _infotext_fields(params: GenerationParams, seed: int, subseed: int | None | 
     }
     if faces is not None:
         fields["Face restoration"] = faces.name  # after the seed, as A1111 writes it
-    fields.update({"Size": f"{size[0]}x{size[1]}", "Model hash": model_hash, "Model": model_name})
+    fields["Size"] = f"{size[0]}x{size[1]}"
+    if model_hash is not None:
+        fields["Model hash"] = model_hash
+    if model_name is not None:
+        fields["Model"] = model_name
     if isinstance(params, (Img2ImgParams, OutpaintParams)):
         fields["Denoising strength"] = params.denoising_strength
     if isinstance(params, Img2ImgParams) and not isinstance(params, InpaintParams):

@@ -297,6 +297,7 @@ class SamplerSettings:
     sgm_noise_multiplier: bool = False  # start at noise * sqrt(1 + sigma_0^2), as the SGM code
     always_discard_next_to_last_sigma: bool = False
     img2img_fix_steps: bool = False  # img2img runs all its steps, as the hires. fix pass does
+    initial_noise_multiplier: float = 1.0  # img2img: the noise added to the picture is scaled by this
     schedule: ScheduleSettings = ScheduleSettings()
 
     def infotext_fields(self, sampler: str, schedule_type: str = "Automatic") -> dict[str, object]:

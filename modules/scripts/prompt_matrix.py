@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from modules.errors import UserError
-from modules.images import make_grid, save_grid
+from modules.images import make_grid
 from modules.processing.params import GenerationParams
 from modules.processing.run import GenerationResult
 from modules.sampling.noise import resolve_seed
@@ -84,7 +84,7 @@ class PromptMatrix(Script):
         result.seeds.insert(0, result.seeds[0])
         result.grids = 1
         if params.save:
-            result.grid_path = save_grid(grid, ctx.outdir / f"{params.mode}-grids", result.infotexts[0])
+            result.grid_path = ctx.output(params.mode).save_grid(grid, result.infotexts[0])
         return result
 
 

@@ -14,7 +14,6 @@ import numpy as np
 from PIL import Image
 
 from modules.errors import UserError
-from modules.images import save_image
 from modules.processing.params import GenerationParams, Img2ImgParams, InpaintParams
 from modules.processing.run import GenerationResult
 from modules.sampling.noise import resolve_seed
@@ -117,9 +116,8 @@ class SDUpscale(Script):
             text += f", SD upscale overlap: {overlap}, SD upscale upscaler: {name}"
         result = GenerationResult(images=[image], infotexts=[text], seeds=[seed], params=params,
                                   interrupted=interrupted)
-        if params.save:
-            result.paths.append(save_image(image, ctx.outdir / f"{params.mode}-images", seed, text,
-                                               pattern=ctx.options.options.samples_filename_pattern))
+        if params.save and ctx.options.options.samples_save:
+            result.paths.append(ctx.output(params.mode).save(image, seed, text))
         return result
 
 

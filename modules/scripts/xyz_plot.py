@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from modules.errors import UserError
-from modules.images import make_grid, save_grid
+from modules.images import make_grid
 from modules.processing.params import GenerationParams
 from modules.processing.run import GenerationResult
 from modules.sampling.noise import resolve_seed
@@ -255,7 +255,7 @@ class XYZPlot(Script):
             result.infotexts += texts
             result.seeds += seeds
         if params.save:
-            result.grid_path = save_grid(grid, ctx.outdir / f"{params.mode}-grids", texts[0])
+            result.grid_path = ctx.output(params.mode).save_grid(grid, texts[0])
         return result
 
 

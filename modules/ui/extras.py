@@ -40,7 +40,7 @@ def run_extras(ctx: AppContext, image: Image.Image | None, mode: str, scale: flo
     try:
         with ctx.registry.lock:  # the device is shared with generation
             result, info = postprocess(ctx.upscalers, ctx.faces, image, params)
-        saved = save_image(result, ctx.outdir / "extras-images", 0, info or None, pattern="")
+        saved = save_image(result, ctx.extras_dir, 0, info or None, pattern="")
     except Exception as exc:  # noqa: BLE001 - shown in the page, the server keeps running
         return None, "", error_html(describe_exception(exc))
     return result, info, info_html(f"Saved {saved.name} ({result.width}x{result.height}).")
