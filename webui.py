@@ -8,6 +8,7 @@ of the libraries used, and it is set before any of them is imported (several rea
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
 import os
@@ -216,6 +217,11 @@ def launch(ctx: AppContext, args: argparse.Namespace, extensions: LoadedExtensio
         if args.api:
             # The web UI serves the API on its own port (A1111 does the same); fail early if it is missing.
             _import_part("modules.api", "The HTTP API (--api)")
+    if args.nowebui or args.api:
+        # The durable queue: opened now, so an unreadable or locked queue file stops the start with its
+        # message; jobs a crash left behind run again. A normal stop is recorded as clean.
+        queue = _import_part("modules.api.jobs", "The job queue").open_queue(ctx)
+        atexit.register(queue.stop, 5.0)
     if not args.skip_load_model_at_start:
         try:
             ctx.registry.current()

@@ -6,6 +6,7 @@ else in the program holds mutable state that others import.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from modules.processing.control import GenerationControl
 from modules.processing.output import OutputSettings, extras_dir, output_settings
 from modules.processing.params import GenerationParams
 from modules.processing.run import GenerationResult, ImageHook, generate
+from modules.queue.runner import QueueRunner
 from modules.sampling.samplers import SamplerSettings
 from modules.sampling.schedules import ScheduleSettings
 from modules.styles import StyleStore
@@ -114,6 +116,7 @@ class AppContext:
     upscalers: UpscalerRegistry = field(default_factory=UpscalerRegistry)
     controlnets: ControlNetRegistry = field(default_factory=lambda: ControlNetRegistry([]))
     faces: FaceRestorers = field(default_factory=lambda: FaceRestorers(FaceFolders.under(ROOT)))
+    queue: QueueRunner | None = None  # the durable job queue, opened by the API layer (api/jobs.open_queue)
 
     @classmethod
     def create(cls, paths: Paths, policy: DevicePolicy) -> AppContext:
@@ -141,7 +144,7 @@ class AppContext:
     def extras_dir(self) -> Path:
         return extras_dir(self.options.options, self.paths.outdir, self.paths.data_dir)
 
-    def generate(self, params: GenerationParams) -> GenerationResult:
+    def generate(self, params: GenerationParams, on_saved: Callable[[Path, str], None] | None = None) -> GenerationResult:
         """The one entry for the UI, the API and the CLI: generation through the processing layer,
         one request at a time on the device (the registry's lock queues the others)."""
         options = self.options.effective(params.override_settings)  # refuses bad overrides first
@@ -157,7 +160,7 @@ class AppContext:
                         lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,
                         upscalers=self.upscalers, sampling=sampler_settings(options), controlnets=self.controlnets,
                         auto_vae_precision=options.auto_vae_precision, restore_faces=faces,
-                        output=self.output(params.mode, options))
+                        output=self.output(params.mode, options), on_saved=on_saved)
 
     def face_step(self, params: GenerationParams, options: Options) -> FaceStep | None:
         """The face restoration a request asks for (its own fields, else the settings), checked now:

@@ -70,6 +70,10 @@ class Options:
     face_restoration_model: str = "CodeFormer"
     code_former_weight: float = 0.5
     face_restoration_unload: bool = False
+    # The job queue: how often a job is tried when the server stops during it, and whether the queue
+    # starts paused after such a stop (so that a job that crashes the server can be looked at first).
+    queue_max_attempts: int = 3
+    queue_paused_after_crash: bool = False
     disabled_extensions: list[str] = field(default_factory=list)
     extension_settings: dict[str, Any] = field(default_factory=dict)
 
@@ -82,7 +86,7 @@ class Options:
 _RANGES: dict[str, tuple[float, float]] = {
     "jpeg_quality": (1, 100), "show_progress_every_n_steps": (1, 1000), "default_steps": (1, 150),
     "CLIP_stop_at_last_layers": (1, 12), "control_net_unit_count": (1, 10), "code_former_weight": (0.0, 1.0),
-    "initial_noise_multiplier": (0.0, 1.5), "rho": (0.0, 100.0),
+    "initial_noise_multiplier": (0.0, 1.5), "rho": (0.0, 100.0), "queue_max_attempts": (1, 100),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "samples_format": ("png", "jpg", "jpeg", "webp"), "face_restoration_model": ("CodeFormer", "GFPGAN"),

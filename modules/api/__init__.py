@@ -41,6 +41,7 @@ from modules.api.auth import parse_credentials
 from modules.api.controlnet_routes import build_controlnet_router
 from modules.api.mapping import VERSION
 from modules.api.merge_routes import build_merge_router
+from modules.api.queue_routes import build_queue_router
 from modules.api.routes import PREFIX, build_router
 from modules.context import AppContext
 
@@ -63,6 +64,7 @@ def create_api(ctx: AppContext, auth: Auth = None, flags: Mapping[str, Any] | No
     app.include_router(build_router(ctx, parse_credentials(auth), flags))
     app.include_router(build_controlnet_router(ctx, parse_credentials(auth)))  # the extension's own prefix
     app.include_router(build_merge_router(ctx, parse_credentials(auth)))
+    app.include_router(build_queue_router(ctx, parse_credentials(auth)))  # agent-scheduler's routes
     return app
 
 
@@ -75,6 +77,7 @@ def mount(app: FastAPI, ctx: AppContext, auth: Auth = None, flags: Mapping[str, 
     app.include_router(build_router(ctx, parse_credentials(auth), flags))
     app.include_router(build_controlnet_router(ctx, parse_credentials(auth)))
     app.include_router(build_merge_router(ctx, parse_credentials(auth)))
+    app.include_router(build_queue_router(ctx, parse_credentials(auth)))
     app.openapi_schema = None  # regenerate the schema with the new routes
     if getattr(app, "docs_url", None) is None and app.openapi_url:
         # Gradio switches FastAPI's docs off; A1111 users expect them at /docs.

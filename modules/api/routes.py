@@ -28,9 +28,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modules.api import mapping
 from modules.api.auth import Credentials, auth_dependency
 from modules.api.extras import add_extras_routes
+from modules.api.jobs import run_and_wait
 from modules.api.listings import add_listing_routes
 from modules.api.models import (
-    GenerationRequest,
     ImageResponse,
     Img2ImgRequest,
     MemoryResponse,
@@ -43,18 +43,14 @@ from modules.api.models import (
     SDVaeItem,
     Txt2ImgRequest,
 )
-from modules.api.scripts import take_script
 from modules.context import AppContext
 from modules.errors import UserError
 from modules.images import read_infotext
 from modules.models.discovery import CheckpointInfo
 from modules.options import checked_changes
 from modules.processing.infotext import parse_infotext
-from modules.processing.params import GenerationParams
 from modules.sampling.samplers import list_samplers, validate_sampler
 from modules.sampling.schedule_types import SCHEDULES
-from modules.scripts.base import Script
-from modules.scripts.registry import run_script
 
 log = logging.getLogger(__name__)
 
@@ -112,29 +108,17 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
     router = APIRouter(prefix=PREFIX, route_class=ApiRoute, dependencies=dependencies, tags=["sdapi"])
     cmd_flags = public_flags(flags)
 
-    def run(req: GenerationRequest, params: GenerationParams, script: Script | None = None,
-            args: dict[str, Any] | None = None) -> ImageResponse:
-        result = run_script(ctx, script, params, args or {}) if script else ctx.generate(params)
-        mapping.after_generation(ctx, req, result.params)
-        # A script's answer already starts with its own grid.
-        return_grid = ctx.options.effective(params.override_settings).return_grid
-        answer = mapping.build_answer(req.model_copy(update={"do_not_save_grid": True}) if script else req, result,
-                                      return_grid)
-        return ImageResponse(images=answer.images, parameters=mapping.echo_parameters(req), info=answer.info)
-
     # ------------------------------------------------------------------ generation
+    # Both go through the durable queue (modules/api/jobs.py): checked, queued behind the jobs before
+    # them, answered when done; `force_task_id` names the job for /internal/progress, as A1111 1.6+.
     @router.post("/txt2img", response_model=ImageResponse)
     def txt2img(req: Txt2ImgRequest) -> ImageResponse:
-        req = mapping.apply_infotext(req)
-        plain, script, args = take_script(req, "txt2img")
-        return run(req, mapping.txt2img_params(ctx, plain), script, args)
+        return run_and_wait(ctx, "txt2img", req)
 
     @router.post("/img2img", response_model=ImageResponse)
     def img2img(req: Img2ImgRequest) -> ImageResponse:
         """img2img; inpainting with `mask`; outpainting with `script_name` "Outpainting mk2" (see docs/api.md)."""
-        req = mapping.apply_infotext(req)
-        plain, script, args = take_script(req, "img2img")
-        return run(req, mapping.img2img_params(ctx, plain), script, args)
+        return run_and_wait(ctx, "img2img", req)
 
     @router.get("/progress", response_model=ProgressResponse)
     async def progress(skip_current_image: bool = False) -> ProgressResponse:

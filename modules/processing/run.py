@@ -116,13 +116,14 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
              lora_dir: Path | None = None, embeddings_dir: Path | None = None,
              upscalers: UpscalerRegistry | None = None, sampling: SamplerSettings | None = None,
              controlnets: ControlNetRegistry | None = None, auto_vae_precision: bool = True,
-             restore_faces: FaceStep | None = None, output: OutputSettings | None = None) -> GenerationResult:
+             restore_faces: FaceStep | None = None, output: OutputSettings | None = None,
+             on_saved: Callable[[Path, str], None] | None = None) -> GenerationResult:
     """Run one generation request; holds the device for its duration (requests queue on it).
 
     `<lora:NAME:WEIGHT>` tags load NAME from `lora_dir`, embeddings named in the prompts come from
     `embeddings_dir`; both apply to this request only. Pictures are saved (when `params.save`) as
     `output` says (folders, format, name pattern, infotext), or by default under `outdir`/<mode>-images.
-    `sampling`: the sampler settings in force
+    `on_saved(path, infotext)` is called after each picture is written. `sampling`: the sampler settings in force
     (ENSD, SGM noise multiplier, ...), A1111's defaults when not given. `controlnets`: where the
     ControlNet models of `params.controlnet_units` are found (and kept loaded). `restore_faces`: face
     restoration run on each picture as it is decoded (before the inpaint overlay, as A1111).
@@ -218,6 +219,8 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                     result.seeds.append(batch_seeds[i])
                     if params.save and output is not None:
                         result.paths.append(output.save(image, batch_seeds[i], text))
+                        if on_saved is not None:  # the job queue records each picture as it lands
+                            on_saved(result.paths[-1], text)
             if params.save and params.save_grid and output is not None and len(result.images) > 1:
                 result.grid_path = output.save_grid(make_grid(result.images), result.infotexts[0])
             if params.save and output is not None and result.images:

@@ -93,6 +93,10 @@ SECTIONS: tuple[Section, ...] = (
         Setting("beta_dist_alpha", "Beta scheduler - alpha"),
         Setting("beta_dist_beta", "Beta scheduler - beta"),
     )),
+    Section("Queue", (
+        Setting("queue_max_attempts", "Attempts per job when the server stops while it runs", minimum=1, maximum=10),
+        Setting("queue_paused_after_crash", "Start the queue paused after the server stopped unexpectedly"),
+    )),
     Section("ControlNet", (
         Setting("control_net_unit_count", "Multi-ControlNet: ControlNet unit number", minimum=1, maximum=10),
     )),

@@ -1,0 +1,135 @@
+"""Generation requests as jobs of the durable queue (modules/queue/).
+
+`/sdapi/v1/txt2img` and `/img2img` check a request, resolve its random seeds, queue it and wait for
+it (a job that is not retried after a restart: its client is gone by then); the agent-scheduler routes
+queue it and answer at once. Either way the queue's worker runs `execute_job`, the one place where a
+request becomes pictures, and records each picture as it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import threading
+from pathlib import Path
+from typing import Any
+
+from modules.api import mapping
+from modules.api.models import GenerationRequest, ImageResponse, Img2ImgRequest, Txt2ImgRequest
+from modules.api.scripts import take_script
+from modules.context import AppContext
+from modules.errors import UserError
+from modules.processing.params import GenerationParams
+from modules.queue.runner import JobOutcome, QueueRunner, SavedHook
+from modules.queue.store import Job, JobStore
+from modules.sampling.noise import resolve_seed
+from modules.scripts.registry import run_script
+
+log = logging.getLogger(__name__)
+
+REQUESTS: dict[str, type[GenerationRequest]] = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest}
+QUEUE_FILE = "queue.sqlite3"
+_open_lock = threading.Lock()
+
+
+def open_queue(ctx: AppContext) -> QueueRunner:
+    """The app's queue (data folder's queue.sqlite3), opened once: recovers after a crash, starts its worker."""
+    with _open_lock:
+        if ctx.queue is None:
+            options = ctx.options.options
+            store = JobStore(ctx.paths.data_dir / QUEUE_FILE)
+            runner = QueueRunner(store, lambda job, saved: execute_job(ctx, job, saved),
+                                 max_attempts=options.queue_max_attempts,
+                                 paused_after_crash=options.queue_paused_after_crash,
+                                 on_interrupt=ctx.control.interrupt, on_finished=send_callback)
+            runner.start()
+            ctx.queue = runner
+        return ctx.queue
+
+
+def _params(ctx: AppContext, kind: str, req: GenerationRequest) -> tuple[GenerationRequest, Any, dict[str, Any],
+                                                                            GenerationParams]:
+    req = mapping.apply_infotext(req)
+    plain, script, args = take_script(req, kind)
+    params = mapping.txt2img_params(ctx, plain) if kind == "txt2img" else mapping.img2img_params(ctx, plain)
+    return req, script, args, params
+
+
+def prepared_request(ctx: AppContext, kind: str, req: GenerationRequest) -> dict[str, Any]:
+    """The request as the job stores it: checked now (a mistake is a 4xx before anything is queued), with
+    its random seeds drawn, so that the job, and a retry of it, makes the pictures the client was told of."""
+    req, _, _, params = _params(ctx, kind, req)
+    params.validate()
+    data = req.model_dump(mode="json", exclude_unset=True)
+    data.pop("force_task_id", None)
+    if req.seed == -1:
+        data["seed"] = resolve_seed(-1)
+    if req.subseed == -1 and req.subseed_strength > 0:
+        data["subseed"] = resolve_seed(-1)
+    return data
+
+
+def execute_job(ctx: AppContext, job: Job, on_saved: SavedHook) -> JobOutcome:
+    """Run one queued generation request; the answer an API client would get is the outcome's payload."""
+    req = REQUESTS[job.kind].model_validate(job.request)
+    if job.checkpoint:  # agent-scheduler's `checkpoint`: this job's model
+        req = req.model_copy(update={"override_settings": {**(req.override_settings or {}),
+                                                           "sd_model_checkpoint": job.checkpoint}})
+    req, script, args, params = _params(ctx, job.kind, req)
+    files: list[str] = []
+    texts: list[str] = []
+
+    def saved(path: Path, infotext: str) -> None:
+        files.append(str(path))
+        texts.append(infotext)
+        on_saved(path, infotext)
+
+    result = run_script(ctx, script, params, args) if script else ctx.generate(params, on_saved=saved)
+    if script is not None:  # scripts save through their own paths: record what they report
+        for path, text in zip(result.paths, result.infotexts, strict=False):
+            saved(path, text)
+        if result.grid_path is not None:
+            saved(result.grid_path, result.infotexts[0] if result.infotexts else "")
+    mapping.after_generation(ctx, req, result.params)
+    return_grid = ctx.options.effective(params.override_settings).return_grid
+    answer = mapping.build_answer(req.model_copy(update={"do_not_save_grid": True}) if script else req, result,
+                                  return_grid)
+    response = ImageResponse(images=answer.images, parameters=mapping.echo_parameters(req), info=answer.info)
+    return JobOutcome(files=files, infotexts=texts, payload=response, interrupted=result.interrupted)
+
+
+def run_and_wait(ctx: AppContext, kind: str, req: GenerationRequest) -> ImageResponse:
+    """A synchronous /sdapi/v1 call: queued behind the jobs before it, answered when it is done."""
+    data = prepared_request(ctx, kind, req)
+    queue = open_queue(ctx)
+    job = queue.submit(kind, data, job_id=req.force_task_id or None, durable=False, wait=True)
+    return queue.wait_for(job.id).payload
+
+
+def send_callback(job: Job) -> None:
+    """agent-scheduler's callback: POST multipart/form-data {task_id, status, files} to the job's URL, in the
+    background (a slow or absent receiver never holds the queue up); failures are logged."""
+    if not job.callback_url:
+        return
+
+    def post() -> None:
+        import httpx
+
+        files = []
+        for name in job.files:
+            path = Path(name)
+            if path.is_file():
+                files.append(("files", (path.name, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "image/png")))
+        try:
+            httpx.post(job.callback_url, data={"task_id": job.id, "status": job.status}, files=files or None,
+                       timeout=10).raise_for_status()
+        except Exception as exc:  # noqa: BLE001 - the receiver's problem, not the queue's
+            log.warning("Queue: callback to %s for job %s failed: %s", job.callback_url, job.id, exc)
+
+    threading.Thread(target=post, name=f"callback-{job.id}", daemon=True).start()
+
+
+def check_kind(kind: str) -> str:
+    if kind not in REQUESTS:
+        raise UserError(f"Unknown job kind {kind!r}; use txt2img or img2img.")
+    return kind
