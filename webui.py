@@ -97,6 +97,11 @@ def add_global_flags(parser: argparse.ArgumentParser, suppress: bool = False) ->
         help="save more GPU memory than --medvram, at a large speed cost")
     add("--threads", type=_positive_int, default=None, metavar="N",
         help="CPU threads torch uses (default: the cores this process may use)")
+    add("--workers", type=_positive_int, default=1, metavar="N",
+        help="generation workers on Ray Serve (pip install -e .[ray]): N replicas on this machine, each with "
+             "--threads threads (or one GPU with --device cuda), or on the cluster given by --ray")
+    add("--ray", default=None, metavar="ADDRESS",
+        help="run the workers on an existing Ray cluster (ray start --head ...; e.g. 10.0.0.5:6379)")
     add("--compile", action="store_true", default=False,
         help="compile the UNet with torch.compile (opt-in: the first generation is slow while it compiles)")
     add("--vae-tiling", action="store_true", default=False,
@@ -220,7 +225,15 @@ def launch(ctx: AppContext, args: argparse.Namespace, extensions: LoadedExtensio
     if args.nowebui or args.api:
         # The durable queue: opened now, so an unreadable or locked queue file stops the start with its
         # message; jobs a crash left behind run again. A normal stop is recorded as clean.
-        queue = _import_part("modules.api.jobs", "The job queue").open_queue(ctx)
+        jobs = _import_part("modules.api.jobs", "The job queue")
+        if args.workers > 1 or args.ray:
+            from modules.workers.ray_serve import RayWorkers
+
+            workers = RayWorkers.start(ctx, args.workers, args.ray, args.threads or 1, args.device, args.precision)
+            queue = jobs.open_queue(ctx, workers.execute, args.workers, workers.interrupt)
+            atexit.register(workers.shutdown)
+        else:
+            queue = jobs.open_queue(ctx)
         atexit.register(queue.stop, 5.0)
     if not args.skip_load_model_at_start:
         try:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import mimetypes
 import threading
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,10 @@ from modules.api.models import GenerationRequest, ImageResponse, Img2ImgRequest,
 from modules.api.scripts import take_script
 from modules.context import AppContext
 from modules.errors import UserError
+from modules.images import make_grid
 from modules.processing.params import GenerationParams
-from modules.queue.runner import JobOutcome, QueueRunner, SavedHook
+from modules.processing.run import GenerationResult
+from modules.queue.runner import Execute, JobOutcome, QueueRunner, SavedHook
 from modules.queue.store import Job, JobStore
 from modules.sampling.noise import resolve_seed
 from modules.scripts.registry import run_script
@@ -32,16 +36,20 @@ QUEUE_FILE = "queue.sqlite3"
 _open_lock = threading.Lock()
 
 
-def open_queue(ctx: AppContext) -> QueueRunner:
-    """The app's queue (data folder's queue.sqlite3), opened once: recovers after a crash, starts its worker."""
+def open_queue(ctx: AppContext, execute: Execute | None = None, workers: int = 1,
+               on_interrupt: Callable[[str], None] | None = None) -> QueueRunner:
+    """The app's queue (data folder's queue.sqlite3), opened once: recovers after a crash, starts its
+    workers. By default one worker runs jobs on this machine (`execute_job`); Ray Serve replicas come
+    with their own `execute` and `on_interrupt` (modules/workers/ray_serve.py)."""
     with _open_lock:
         if ctx.queue is None:
             options = ctx.options.options
             store = JobStore(ctx.paths.data_dir / QUEUE_FILE)
-            runner = QueueRunner(store, lambda job, saved: execute_job(ctx, job, saved),
+            runner = QueueRunner(store, execute or (lambda job, saved: execute_job(ctx, job, saved)),
                                  max_attempts=options.queue_max_attempts,
                                  paused_after_crash=options.queue_paused_after_crash,
-                                 on_interrupt=ctx.control.interrupt, on_finished=send_callback)
+                                 on_interrupt=on_interrupt or (lambda _job_id: ctx.control.interrupt()),
+                                 on_finished=send_callback, workers=workers)
             runner.start()
             ctx.queue = runner
         return ctx.queue
@@ -69,13 +77,59 @@ def prepared_request(ctx: AppContext, kind: str, req: GenerationRequest) -> dict
     return data
 
 
-def execute_job(ctx: AppContext, job: Job, on_saved: SavedHook) -> JobOutcome:
-    """Run one queued generation request; the answer an API client would get is the outcome's payload."""
+def job_request(ctx: AppContext, job: Job, here: bool = True) -> tuple[GenerationRequest, Any, dict[str, Any],
+                                                                      GenerationParams]:
+    """(request, script, script arguments, params) of a queued job, on whichever machine runs it. Not
+    `here`: for the entry point saving what a worker made, which need not have the job's checkpoint."""
     req = REQUESTS[job.kind].model_validate(job.request)
+    overrides = dict(req.override_settings or {})
     if job.checkpoint:  # agent-scheduler's `checkpoint`: this job's model
-        req = req.model_copy(update={"override_settings": {**(req.override_settings or {}),
-                                                           "sd_model_checkpoint": job.checkpoint}})
-    req, script, args, params = _params(ctx, job.kind, req)
+        overrides["sd_model_checkpoint"] = job.checkpoint
+    if not here:
+        overrides.pop("sd_model_checkpoint", None)
+    req = req.model_copy(update={"override_settings": overrides or req.override_settings})
+    return _params(ctx, job.kind, req)
+
+
+def compute(ctx: AppContext, job: Job, on_saved: SavedHook | None = None, save: bool = True) -> GenerationResult:
+    """Generate a job's pictures; with `save` they are written here as they come (`on_saved` told of each),
+    without (a Ray replica) the machine that owns the queue writes them (`save_result`)."""
+    _, script, args, params = job_request(ctx, job)
+    if not save:
+        params = replace(params, save=False)
+    return run_script(ctx, script, params, args) if script else ctx.generate(params, on_saved=on_saved)
+
+
+def save_result(ctx: AppContext, job: Job, result: GenerationResult, on_saved: SavedHook) -> None:
+    """Write a result computed elsewhere as this machine's settings say (grids first, as scripts return them)."""
+    _, _, _, params = job_request(ctx, job, here=False)
+    if not params.save:
+        return
+    options = ctx.options.effective(params.override_settings)
+    if not options.samples_save:
+        return
+    output = ctx.output(params.mode, options)
+    for index, (image, text) in enumerate(zip(result.images, result.infotexts, strict=False)):
+        seed = result.seeds[index] if index < len(result.seeds) else 0
+        path = output.save_grid(image, text) if index < result.grids else output.save(image, seed, text)
+        result.paths.append(path)
+        on_saved(path, text)
+    if params.save_grid and len(result.images) - result.grids > 1:
+        result.grid_path = output.save_grid(make_grid(result.images[result.grids:]), result.infotexts[result.grids])
+
+
+def answer(ctx: AppContext, job: Job, result: GenerationResult, here: bool = True) -> ImageResponse:
+    """The /sdapi/v1 answer for a job's result (not `here`: computed by a worker elsewhere)."""
+    req, script, _, params = job_request(ctx, job, here)
+    mapping.after_generation(ctx, req, result.params)
+    return_grid = ctx.options.effective(params.override_settings).return_grid
+    built = mapping.build_answer(req.model_copy(update={"do_not_save_grid": True}) if script else req, result,
+                                 return_grid)
+    return ImageResponse(images=built.images, parameters=mapping.echo_parameters(req), info=built.info)
+
+
+def execute_job(ctx: AppContext, job: Job, on_saved: SavedHook) -> JobOutcome:
+    """Run one queued generation request on this machine; the outcome's payload is the API's answer."""
     files: list[str] = []
     texts: list[str] = []
 
@@ -84,18 +138,14 @@ def execute_job(ctx: AppContext, job: Job, on_saved: SavedHook) -> JobOutcome:
         texts.append(infotext)
         on_saved(path, infotext)
 
-    result = run_script(ctx, script, params, args) if script else ctx.generate(params, on_saved=saved)
+    _, script, _, _ = job_request(ctx, job)
+    result = compute(ctx, job, saved)
     if script is not None:  # scripts save through their own paths: record what they report
         for path, text in zip(result.paths, result.infotexts, strict=False):
             saved(path, text)
         if result.grid_path is not None:
             saved(result.grid_path, result.infotexts[0] if result.infotexts else "")
-    mapping.after_generation(ctx, req, result.params)
-    return_grid = ctx.options.effective(params.override_settings).return_grid
-    answer = mapping.build_answer(req.model_copy(update={"do_not_save_grid": True}) if script else req, result,
-                                  return_grid)
-    response = ImageResponse(images=answer.images, parameters=mapping.echo_parameters(req), info=answer.info)
-    return JobOutcome(files=files, infotexts=texts, payload=response, interrupted=result.interrupted)
+    return JobOutcome(files=files, infotexts=texts, payload=answer(ctx, job, result), interrupted=result.interrupted)
 
 
 def run_and_wait(ctx: AppContext, kind: str, req: GenerationRequest) -> ImageResponse:

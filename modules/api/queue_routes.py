@@ -77,7 +77,7 @@ def task_model(job: Job, position: int | None = None, progress: float | None = N
         "position": position, "result": None if result is None else json.dumps(result),
         "bookmarked": job.bookmarked, "created_at": _iso(job.created), "updated_at": _iso(job.finished or job.started),
         "attempts": job.attempts, "started_at": _iso(job.started), "finished_at": _iso(job.finished),
-        "progress": job.progress if progress is None else progress, "error": job.error,
+        "progress": job.progress if progress is None else progress, "error": job.error, "worker": job.worker,
     }
 
 

@@ -147,6 +147,8 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
     @router.post("/interrupt")
     async def interrupt() -> dict[str, Any]:
         ctx.control.interrupt()
+        if ctx.queue is not None:  # jobs running on Ray Serve replicas too
+            ctx.queue.interrupt_running()
         return {}
 
     @router.post("/skip")

@@ -30,6 +30,11 @@ class JobOutcome:
     infotexts: list[str] = field(default_factory=list)
     payload: Any = None  # what a waiting client gets (the API's answer)
     interrupted: bool = False
+    worker: str = ""  # which worker ran it (a Ray replica's host:pid), for the log and the task's record
+
+
+class WorkerLost(Exception):  # noqa: N818 - the name says what happened
+    """The worker running a job went away (a Ray replica died): the job goes back to the queue."""
 
 
 SavedHook = Callable[[Path, str], None]
@@ -45,20 +50,23 @@ class _Waiter:
 
 
 class QueueRunner:
-    """One worker thread over a `JobStore`; `interrupt` reaches the running job through `on_interrupt`."""
+    """`workers` threads over a `JobStore`, each running one job at a time through `execute` (one thread
+    for this machine's device; one per Ray Serve replica). `on_interrupt(job_id)` reaches a running job."""
 
     def __init__(self, store: JobStore, execute: Execute, *, max_attempts: int = 3, paused_after_crash: bool = False,
-                 on_interrupt: Callable[[], None] | None = None, on_finished: Finished | None = None) -> None:
+                 on_interrupt: Callable[[str], None] | None = None, on_finished: Finished | None = None,
+                 workers: int = 1) -> None:
         self.store = store
         self.execute = execute
         self.max_attempts = max_attempts
         self.on_interrupt = on_interrupt
         self.on_finished = on_finished
-        self.current: Job | None = None
+        self.workers = max(1, workers)
+        self.running: dict[str, Job] = {}
         self._wake = threading.Condition()
         self._waiters: dict[str, _Waiter] = {}
         self._stop = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._cancelled: set[str] = set()
         self.owner = uuid.uuid4().hex  # marks the jobs whose clients wait on this runner
         self.recovered = self._recover(paused_after_crash)
@@ -81,20 +89,33 @@ class QueueRunner:
         self.store.set_meta("clean_shutdown", "0")
         return recovered
 
+    @property
+    def current(self) -> Job | None:
+        """The running job that started first (the one this machine's progress reports), or None."""
+        jobs = list(self.running.values())
+        return min(jobs, key=lambda j: j.started or 0) if jobs else None
+
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="queue-runner", daemon=True)
-            self._thread.start()
+        if not self._threads:
+            self._threads = [threading.Thread(target=self._loop, name=f"queue-worker-{i}", daemon=True)
+                             for i in range(self.workers)]
+            for thread in self._threads:
+                thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Take no new job, let the running one finish (up to `timeout`), mark the stop clean."""
+        """Take no new job, let the running ones finish (up to `timeout`), mark the stop clean."""
         with self._wake:
             self._stop = True
             self._wake.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self.current is None:
+        end = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, end - time.monotonic()))
+        if not self.running:
             self.store.set_meta("clean_shutdown", "1")
+
+    def interrupt_running(self) -> None:
+        for job_id in list(self.running):
+            self.cancel(job_id)
 
     # ------------------------------------------------------------------ pause
     @property
@@ -137,11 +158,10 @@ class QueueRunner:
 
     def cancel(self, job_id: str) -> str:
         """Interrupt the running job, or remove a queued one; what was done."""
-        current = self.current
-        if current is not None and current.id == job_id:
+        if job_id in self.running:
             self._cancelled.add(job_id)
             if self.on_interrupt:
-                self.on_interrupt()
+                self.on_interrupt(job_id)
             return "interrupted"
         if self.store.delete(job_id):
             waiter = self._waiters.get(job_id)
@@ -158,7 +178,7 @@ class QueueRunner:
                 if not self.paused:
                     job = self.store.claim_next(self.owner)
                     if job is not None:
-                        self.current = job
+                        self.running[job.id] = job
                         return job
                 self._wake.wait(1.0)
         return None
@@ -171,7 +191,8 @@ class QueueRunner:
             try:
                 self._run(job)
             finally:
-                self.current = None
+                self.running.pop(job.id, None)
+                self.wake()
 
     def _run(self, job: Job) -> None:
         waiter = self._waiters.get(job.id)
@@ -182,6 +203,12 @@ class QueueRunner:
 
         try:
             outcome = self.execute(job, on_saved)
+        except WorkerLost as exc:  # nothing of it was saved: it runs again, elsewhere
+            log.warning("Queue: job %s lost its worker (%s); queued again", job.id, exc)
+            if self.store.release(job.id, self.max_attempts, str(exc)) != "queued":
+                self._close(job, "failed", f"its worker died during each of its {job.attempts} attempts ({exc})",
+                            waiter, error=UserError(str(exc)))
+            return
         except UserError as exc:  # the request is wrong: no retry, the message says what to change
             self._close(job, "failed", str(exc), waiter, error=exc)
             return
@@ -192,7 +219,8 @@ class QueueRunner:
         interrupted = outcome.interrupted or job.id in self._cancelled
         self._cancelled.discard(job.id)
         # The pictures are on disk; only now is the job marked done (with every file it wrote).
-        self.store.finish(job.id, "interrupted" if interrupted else "done", None, outcome.files, outcome.infotexts)
+        self.store.finish(job.id, "interrupted" if interrupted else "done", None, outcome.files, outcome.infotexts,
+                          outcome.worker or None)
         log.info("Queue: job %s %s in %.1f s (%d file(s))", job.id, "interrupted" if interrupted else "done",
                  time.perf_counter() - started, len(outcome.files))
         if waiter is not None:

@@ -50,7 +50,8 @@ _SCHEMA = [
         callback_url TEXT,
         checkpoint TEXT,
         bookmarked INTEGER NOT NULL DEFAULT 0,
-        owner TEXT
+        owner TEXT,
+        worker TEXT
     );
     CREATE INDEX jobs_status_priority ON jobs (status, priority);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -83,6 +84,7 @@ class Job:
     checkpoint: str | None = None
     bookmarked: bool = False
     owner: str | None = None  # the runner that waits for it (a synchronous call's job), else None
+    worker: str | None = None  # where it ran (a Ray replica's host:pid); None for this machine
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -273,10 +275,12 @@ class JobStore:
                                                                                  job_id))
 
     def finish(self, job_id: str, status: str, error: str | None = None, files: list[str] | None = None,
-               infotexts: list[str] | None = None) -> None:
+               infotexts: list[str] | None = None, worker: str | None = None) -> None:
         if status not in FINISHED:
             raise ValueError(f"not a finished status: {status}")
         with self._transaction() as db:
+            if worker:
+                db.execute("UPDATE jobs SET worker = ? WHERE id = ?", (worker, job_id))
             if files is None:
                 db.execute("UPDATE jobs SET status = ?, finished = ?, error = ?, progress = CASE WHEN ? = 'done' "
                            "THEN 1 ELSE progress END WHERE id = ?", (status, time.time(), error, status, job_id))
@@ -285,6 +289,20 @@ class JobStore:
                            "progress = CASE WHEN ? = 'done' THEN 1 ELSE progress END WHERE id = ?",
                            (status, time.time(), error, json.dumps(files), json.dumps(infotexts or []), status,
                             job_id))
+
+    def release(self, job_id: str, max_attempts: int, reason: str) -> str:
+        """A running job whose worker went away: queued again at the front (or failed after `max_attempts`)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return "gone"
+            if row["attempts"] >= max_attempts:
+                return "failed"
+            first = db.execute("SELECT min(priority) FROM jobs WHERE status = 'queued'").fetchone()[0]
+            db.execute("UPDATE jobs SET status = 'queued', files = '[]', infotexts = '[]', progress = 0, error = ?, "
+                       "priority = min(priority, ?) WHERE id = ?",
+                       (reason, (first - 1) if first is not None else 0, job_id))
+            return "queued"
 
     def recover(self, max_attempts: int) -> list[Job]:
         """After an unclean stop: jobs left running go back to the queue (the files their attempt wrote
