@@ -222,19 +222,19 @@ def launch(ctx: AppContext, args: argparse.Namespace, extensions: LoadedExtensio
         if args.api:
             # The web UI serves the API on its own port (A1111 does the same); fail early if it is missing.
             _import_part("modules.api", "The HTTP API (--api)")
-    if args.nowebui or args.api:
-        # The durable queue: opened now, so an unreadable or locked queue file stops the start with its
-        # message; jobs a crash left behind run again. A normal stop is recorded as clean.
-        jobs = _import_part("modules.api.jobs", "The job queue")
-        if args.workers > 1 or args.ray:
-            from modules.workers.ray_serve import RayWorkers
+    # The durable queue (the API, the UI's Enqueue button and Queue tab): opened now, so that an unreadable
+    # or locked queue file stops the start with its message; jobs a crash left behind run again. A normal
+    # stop is recorded as clean.
+    jobs = _import_part("modules.api.jobs", "The job queue")
+    if args.workers > 1 or args.ray:
+        from modules.workers.ray_serve import RayWorkers
 
-            workers = RayWorkers.start(ctx, args.workers, args.ray, args.threads or 1, args.device, args.precision)
-            queue = jobs.open_queue(ctx, workers.execute, args.workers, workers.interrupt)
-            atexit.register(workers.shutdown)
-        else:
-            queue = jobs.open_queue(ctx)
-        atexit.register(queue.stop, 5.0)
+        workers = RayWorkers.start(ctx, args.workers, args.ray, args.threads or 1, args.device, args.precision)
+        queue = jobs.open_queue(ctx, workers.execute, args.workers, workers.interrupt)
+        atexit.register(workers.shutdown)
+    else:
+        queue = jobs.open_queue(ctx)
+    atexit.register(queue.stop, 5.0)
     if not args.skip_load_model_at_start:
         try:
             ctx.registry.current()

@@ -228,13 +228,16 @@ def test_callback_receives_the_result(api: TestClient, receiver: tuple[str, list
 
 def test_many_jobs_and_synchronous_calls_at_once(api: TestClient) -> None:
     queued = [api.post(f"{Q}/queue/txt2img", json={"prompt": f"queued {i}", "seed": 1000 + i, **SMALL}).json()["task_id"]
-              for i in range(20)]
+              for i in range(50)]
+    pending = [t for t in api.get(f"{Q}/queue", params={"limit": 100}).json()["pending_tasks"] if t["status"] == "pending"]
+    assert [t["position"] for t in pending] == list(range(len(pending)))
+    assert [t["id"] for t in pending] == queued[len(queued) - len(pending):]  # the oldest run first
     answers: dict[int, Any] = {}
 
     def call(i: int) -> None:
         answers[i] = api.post("/sdapi/v1/txt2img", json={"prompt": f"sync {i}", "seed": 2000 + i, **SMALL})
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -242,7 +245,7 @@ def test_many_jobs_and_synchronous_calls_at_once(api: TestClient) -> None:
     for i, answer in answers.items():
         info = json.loads(answer.json()["info"])
         assert info["prompt"] == f"sync {i}" and info["seed"] == 2000 + i
-    assert len(answers) == 4
+    assert len(answers) == 8
     for i, task_id in enumerate(queued):
         task = wait_done(api, task_id)
         texts = [item["infotext"] for item in api.get(f"{Q}/task/{task_id}/results").json()["data"]]

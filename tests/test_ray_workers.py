@@ -78,6 +78,38 @@ def test_two_replicas_share_the_work(workers: Any, tmp_path: Path) -> None:
     assert t_one / t_two >= 1.6
 
 
+def running_replicas() -> int:
+    from ray import serve
+
+    from modules.workers.ray_serve import APP_NAME
+
+    app = serve.status().applications[APP_NAME]
+    return sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
+
+
+def test_jobs_go_to_the_replica_that_holds_their_checkpoint(workers: Any, tmp_path: Path) -> None:
+    end = time.time() + 120
+    while running_replicas() < 2 and time.time() < end:
+        time.sleep(0.5)
+    _, queue = queue_for(workers, tmp_path, 1)
+    jobs: list[Any] = []
+    for i in range(6):
+        checkpoint = "other" if i % 2 else "default-shapes"
+        done, _ = run_all(queue, [{**JOB, "seed": 700 + i, "steps": 4}], checkpoint=checkpoint)
+        jobs += done
+    assert all(j.status == "done" for j in jobs), [j.error for j in jobs]
+    by_checkpoint = {name: {j.worker for j in jobs[2:] if j.checkpoint == name} for name in ("other", "default-shapes")}
+    assert all(len(w) == 1 for w in by_checkpoint.values()) and by_checkpoint["other"] != by_checkpoint["default-shapes"]
+    texts = [json.dumps(j.infotexts) for j in jobs]
+    assert all("Model: other" in t for t in texts[1::2]) and all("Model: default-shapes" in t for t in texts[0::2])
+
+
+def test_a_checkpoint_missing_on_the_workers_is_that_jobs_error(workers: Any, tmp_path: Path) -> None:
+    _, queue = queue_for(workers, tmp_path, 1)
+    (job,), _ = run_all(queue, [{**JOB, "seed": 1, "steps": 2}], checkpoint="nowhere")
+    assert job.status == "failed" and "nowhere" in (job.error or "") and "worker" in (job.error or "")
+
+
 def test_a_killed_replica_costs_a_retry_not_a_picture(workers: Any, tmp_path: Path) -> None:
     ctx, queue = queue_for(workers, tmp_path, 2)
     ids = [queue.submit("txt2img", {**JOB, "seed": 500 + i, "steps": 40, "save_images": True}).id for i in range(6)]
@@ -99,26 +131,6 @@ def test_a_killed_replica_costs_a_retry_not_a_picture(workers: Any, tmp_path: Pa
     assert any(j.attempts == 2 for j in jobs)  # the killed replica's job ran again
     on_disk = sorted(seeds([str(f) for f in (tmp_path / "outputs").rglob("*.png")]))
     assert on_disk == [500 + i for i in range(6)]  # each exactly once
-
-
-def test_jobs_go_to_the_replica_that_holds_their_checkpoint(workers: Any, tmp_path: Path) -> None:
-    _, queue = queue_for(workers, tmp_path, 1)
-    jobs: list[Any] = []
-    for i in range(6):
-        checkpoint = "other" if i % 2 else "default-shapes"
-        done, _ = run_all(queue, [{**JOB, "seed": 700 + i, "steps": 4}], checkpoint=checkpoint)
-        jobs += done
-    assert all(j.status == "done" for j in jobs), [j.error for j in jobs]
-    by_checkpoint = {name: {j.worker for j in jobs[2:] if j.checkpoint == name} for name in ("other", "default-shapes")}
-    assert all(len(w) == 1 for w in by_checkpoint.values()) and by_checkpoint["other"] != by_checkpoint["default-shapes"]
-    texts = [json.dumps(j.infotexts) for j in jobs]
-    assert all("Model: other" in t for t in texts[1::2]) and all("Model: default-shapes" in t for t in texts[0::2])
-
-
-def test_a_checkpoint_missing_on_the_workers_is_that_jobs_error(workers: Any, tmp_path: Path) -> None:
-    _, queue = queue_for(workers, tmp_path, 1)
-    (job,), _ = run_all(queue, [{**JOB, "seed": 1, "steps": 2}], checkpoint="nowhere")
-    assert job.status == "failed" and "nowhere" in (job.error or "") and "worker" in (job.error or "")
 
 
 OFFLINE_SCRIPT = """

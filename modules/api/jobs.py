@@ -24,6 +24,8 @@ from modules.errors import UserError
 from modules.images import make_grid
 from modules.processing.params import GenerationParams
 from modules.processing.run import GenerationResult
+from modules.queue.params_codec import PREFIX as PARAMS_PREFIX
+from modules.queue.params_codec import decode_params
 from modules.queue.runner import Execute, JobOutcome, QueueRunner, SavedHook
 from modules.queue.store import Job, JobStore
 from modules.sampling.noise import resolve_seed
@@ -91,9 +93,16 @@ def job_request(ctx: AppContext, job: Job, here: bool = True) -> tuple[Generatio
     return _params(ctx, job.kind, req)
 
 
+def _ui_params(job: Job) -> GenerationParams | None:
+    return decode_params(job.kind, job.request) if job.kind.startswith(PARAMS_PREFIX) else None
+
+
 def compute(ctx: AppContext, job: Job, on_saved: SavedHook | None = None, save: bool = True) -> GenerationResult:
     """Generate a job's pictures; with `save` they are written here as they come (`on_saved` told of each),
     without (a Ray replica) the machine that owns the queue writes them (`save_result`)."""
+    ui = _ui_params(job)
+    if ui is not None:  # from the UI's Enqueue button
+        return ctx.generate(ui if save else replace(ui, save=False), on_saved=on_saved)
     _, script, args, params = job_request(ctx, job)
     if not save:
         params = replace(params, save=False)
@@ -102,7 +111,7 @@ def compute(ctx: AppContext, job: Job, on_saved: SavedHook | None = None, save: 
 
 def save_result(ctx: AppContext, job: Job, result: GenerationResult, on_saved: SavedHook) -> None:
     """Write a result computed elsewhere as this machine's settings say (grids first, as scripts return them)."""
-    _, _, _, params = job_request(ctx, job, here=False)
+    params = _ui_params(job) or job_request(ctx, job, here=False)[3]
     if not params.save:
         return
     options = ctx.options.effective(params.override_settings)
@@ -118,8 +127,11 @@ def save_result(ctx: AppContext, job: Job, result: GenerationResult, on_saved: S
         result.grid_path = output.save_grid(make_grid(result.images[result.grids:]), result.infotexts[result.grids])
 
 
-def answer(ctx: AppContext, job: Job, result: GenerationResult, here: bool = True) -> ImageResponse:
-    """The /sdapi/v1 answer for a job's result (not `here`: computed by a worker elsewhere)."""
+def answer(ctx: AppContext, job: Job, result: GenerationResult, here: bool = True) -> ImageResponse | GenerationResult:
+    """The /sdapi/v1 answer for a job's result (not `here`: computed by a worker elsewhere); a UI job's
+    is its result."""
+    if job.kind.startswith(PARAMS_PREFIX):
+        return result
     req, script, _, params = job_request(ctx, job, here)
     mapping.after_generation(ctx, req, result.params)
     return_grid = ctx.options.effective(params.override_settings).return_grid
@@ -129,7 +141,8 @@ def answer(ctx: AppContext, job: Job, result: GenerationResult, here: bool = Tru
 
 
 def execute_job(ctx: AppContext, job: Job, on_saved: SavedHook) -> JobOutcome:
-    """Run one queued generation request on this machine; the outcome's payload is the API's answer."""
+    """Run one queued generation request on this machine; the outcome's payload is the API's answer
+    (for a job from the UI's Enqueue button, the generation result)."""
     files: list[str] = []
     texts: list[str] = []
 
@@ -137,6 +150,10 @@ def execute_job(ctx: AppContext, job: Job, on_saved: SavedHook) -> JobOutcome:
         files.append(str(path))
         texts.append(infotext)
         on_saved(path, infotext)
+
+    if job.kind.startswith(PARAMS_PREFIX):
+        result = compute(ctx, job, saved)
+        return JobOutcome(files=files, infotexts=texts, payload=result, interrupted=result.interrupted)
 
     _, script, _, _ = job_request(ctx, job)
     result = compute(ctx, job, saved)

@@ -22,6 +22,7 @@ from modules.ui.hooks import ExtraTab, ScriptHook
 from modules.ui.merger_tab import build_merger_tab
 from modules.ui.paste import selected_result, wire_send_to
 from modules.ui.png_info import build_png_info_tab, read_picture
+from modules.ui.queue_tab import build_queue_tab, job_source
 from modules.ui.settings import build_settings_tab
 from modules.ui.train_tab import build_train_tab
 
@@ -47,6 +48,8 @@ def build_ui(ctx: AppContext, extra_tabs: Sequence[ExtraTab] = (), scripts: Sequ
                 merger = build_merger_tab(ctx)
             with gr.Tab("Train", id="train", elem_id="tab_train"):
                 build_train_tab(ctx)
+            with gr.Tab("Queue", id="queue", elem_id="tab_queue"):
+                queue_tab = build_queue_tab(ctx)
             for extra in extra_tabs:
                 with gr.Tab(extra.label, id=extra.elem_id or extra.label, elem_id=extra.elem_id):
                     extra.build(ctx)
@@ -62,6 +65,9 @@ def build_ui(ctx: AppContext, extra_tabs: Sequence[ExtraTab] = (), scripts: Sequ
                 wire_send_to(button, [source.outputs.result], selected_result, generation[target_mode], tabs)
         for target_mode, button in png_info.send_to.items():
             wire_send_to(button, [png_info.image], read_picture, generation[target_mode], tabs)
+        for target_mode, button in queue_tab.send_to.items():
+            wire_send_to(button, [queue_tab.task_id], lambda task_id: job_source(ctx, task_id), generation[target_mode],
+                         tabs)
     return demo
 
 

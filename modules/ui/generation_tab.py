@@ -18,7 +18,7 @@ from modules.errors import UserError
 from modules.processing.params import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_STEPS
 from modules.sampling.samplers import SCHEDULE_TYPES, list_samplers, sampler_info
 from modules.ui import everyday, modes
-from modules.ui.common import build_seed_row, error_html, loaded_native_size
+from modules.ui.common import build_seed_row, error_html, info_html, loaded_native_size
 from modules.ui.controlnet_ui import ControlNetPanel, build_controlnet
 from modules.ui.hooks import ScriptControls, ScriptHook, apply_scripts
 from modules.ui.networks import build_networks_panel
@@ -108,6 +108,7 @@ def build_generation_tab(ctx: AppContext, mode: str, default_size: int,
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{mode}_interrupt", size="sm", min_width=60)
                 skip = gr.Button("Skip", elem_id=f"{mode}_skip", size="sm", min_width=60)
+                enqueue = gr.Button("Enqueue", elem_id=f"{mode}_enqueue", size="sm", min_width=60)
     with gr.Accordion("LoRA / Embeddings", open=False, elem_id=f"{mode}_networks"):
         build_networks_panel(ctx, prompt, elem_prefix=f"{mode}_networks")
 
@@ -162,6 +163,7 @@ def build_generation_tab(ctx: AppContext, mode: str, default_size: int,
                         extras=extras, generate=generate, interrupt=interrupt, skip=skip, outputs=out,
                         send_to=send_to, controlnet=controlnet)
     _wire(ctx, tab, script_controls, seed_row.reuse, script_selector)
+    _wire_enqueue(ctx, tab, enqueue, script_controls, script_selector)
     return tab
 
 
@@ -175,33 +177,71 @@ def _build_scripts(mode: str, scripts: Sequence[ScriptHook]) -> list[ScriptContr
     return built
 
 
-def _wire(ctx: AppContext, tab: GenerationTab, scripts: list[ScriptControls], reuse: gr.Button,
-          selector: ScriptSelector) -> None:
-    out = tab.outputs
+def _common(tab: GenerationTab) -> dict[str, gr.components.Component]:
     common = {"prompt": tab.prompt, "negative_prompt": tab.negative_prompt, "sampler": tab.sampler,
               "schedule_type": tab.schedule_type, "steps": tab.steps, "cfg_scale": tab.cfg_scale, "seed": tab.seed,
               "batch_size": tab.batch_size, "batch_count": tab.batch_count}
     if tab.width is not None and tab.height is not None:
         common.update(width=tab.width, height=tab.height)
-    inputs = {*common.values(), *tab.extras.values(), *(c for s in scripts for c in s.inputs), *selector.inputs}
+    return common
+
+
+def _inputs(tab: GenerationTab, scripts: list[ScriptControls], selector: ScriptSelector) -> set[Any]:
+    inputs = {*_common(tab).values(), *tab.extras.values(), *(c for s in scripts for c in s.inputs), *selector.inputs}
     if tab.image is not None:
         inputs.add(tab.image)
     if tab.controlnet is not None:
         inputs.update(tab.controlnet.inputs)
+    return inputs
+
+
+def _make_params(ctx: AppContext, tab: GenerationTab, scripts: list[ScriptControls], data: dict[Any, Any]) -> Any:
+    """The tab's params from the form's values (what Generate and Enqueue run)."""
+    values = {name: data[c] for name, c in _common(tab).items()}
+    values["seed"] = int(values["seed"]) if values["seed"] is not None else -1
+    for name in ("prompt", "negative_prompt"):  # an empty box may arrive as None
+        values[name] = values[name] or ""
+    # A1111 keeps the grid switch in Settings; the tab only reads it.
+    values["save_grid"] = bool(ctx.options.options.grid_save)
+    params = modes.make_params(tab.mode, values, data[tab.image] if tab.image is not None else None,
+                               {name: data[c] for name, c in tab.extras.items()})
+    if tab.controlnet is not None:
+        params = tab.controlnet.apply(params, data)
+    return apply_scripts(params, scripts, data)
+
+
+def _wire_enqueue(ctx: AppContext, tab: GenerationTab, button: gr.Button, scripts: list[ScriptControls],
+                  selector: ScriptSelector) -> None:
+    """Enqueue: the tab's settings become a job of the durable queue (see the Queue tab); no waiting."""
+    from modules.queue.params_codec import encode_params
+
+    def on_enqueue(data: dict[Any, Any]) -> str:
+        try:
+            if selector.runner(ctx, data) != ctx.generate:  # a script is chosen
+                raise UserError("Scripts run with Generate only; choose None in Script to enqueue.")
+            if ctx.queue is None:
+                raise UserError("The job queue is not open in this process.")
+            params = _make_params(ctx, tab, scripts, data).validate()
+            kind, request = encode_params(params)
+            job = ctx.queue.submit(kind, request, name=params.prompt[:60] or None)
+        except UserError as exc:
+            return error_html(str(exc))
+        position = ctx.queue.store.position(job.id)
+        where = f"position {position}" if position is not None else "running"
+        return info_html(f"Queued as task {job.id} ({where}, seed {request['seed']}); see the Queue tab.")
+
+    button.click(on_enqueue, inputs=_inputs(tab, scripts, selector), outputs=tab.outputs.message,
+                 concurrency_limit=None, api_visibility="undocumented")
+
+
+def _wire(ctx: AppContext, tab: GenerationTab, scripts: list[ScriptControls], reuse: gr.Button,
+          selector: ScriptSelector) -> None:
+    out = tab.outputs
+    inputs = _inputs(tab, scripts, selector)
 
     def on_generate(data: dict[Any, Any]) -> Iterator[dict[Any, Any]]:
         def make() -> Any:
-            values = {name: data[c] for name, c in common.items()}
-            values["seed"] = int(values["seed"]) if values["seed"] is not None else -1
-            for name in ("prompt", "negative_prompt"):  # an empty box may arrive as None
-                values[name] = values[name] or ""
-            # A1111 keeps the grid switch in Settings; the tab only reads it.
-            values["save_grid"] = bool(ctx.options.options.grid_save)
-            params = modes.make_params(tab.mode, values, data[tab.image] if tab.image is not None else None,
-                                       {name: data[c] for name, c in tab.extras.items()})
-            if tab.controlnet is not None:
-                params = tab.controlnet.apply(params, data)
-            return apply_scripts(params, scripts, data)
+            return _make_params(ctx, tab, scripts, data)
 
         try:
             run = selector.runner(ctx, data)
