@@ -36,9 +36,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(data: Path, port: int) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def server(data: Path, port: int, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     process = subprocess.Popen([sys.executable, str(REPO / "webui.py"), "--nowebui", "--port", str(port),
-                                "--data-dir", str(data), "--ckpt", "tiny", "--threads", "1"],
+                                "--data-dir", str(data), "--ckpt", "tiny", "--threads", "1", *extra],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

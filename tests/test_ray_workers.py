@@ -21,7 +21,7 @@ from tests.tiny_models import CPU, write_tiny_checkpoint
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
-JOB = {"prompt": "a red circle on a blue background", "steps": 20, "width": 128, "height": 128,
+JOB = {"prompt": "a red circle on a blue background", "steps": 30, "width": 128, "height": 128,
        "sampler_name": "Euler"}
 
 
@@ -97,6 +97,9 @@ def test_jobs_go_to_the_replica_that_holds_their_checkpoint(workers: Any, tmp_pa
         checkpoint = "other" if i % 2 else "default-shapes"
         done, _ = run_all(queue, [{**JOB, "seed": 700 + i, "steps": 4}], checkpoint=checkpoint)
         jobs += done
+        # Replicas report what they hold to Serve's routers asynchronously; real jobs take seconds, these
+        # a fraction of one: give the report the time a real job would.
+        time.sleep(3)
     assert all(j.status == "done" for j in jobs), [j.error for j in jobs]
     by_checkpoint = {name: {j.worker for j in jobs[2:] if j.checkpoint == name} for name in ("other", "default-shapes")}
     assert all(len(w) == 1 for w in by_checkpoint.values()) and by_checkpoint["other"] != by_checkpoint["default-shapes"]

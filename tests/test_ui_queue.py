@@ -123,3 +123,9 @@ def test_enqueue_and_the_queue_tab_in_the_browser(page: Any, server: Any) -> Non
     page.click("#queue_send_to_txt2img")
     page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value === 'a queued circle'")
     assert page.input_value("#txt2img_seed input[type=number]") == "4242"
+    # Generate goes through the queue as well: the picture comes back, and the job is in the history.
+    page.fill("#txt2img_prompt textarea", "generated through the queue")
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_gallery img")
+    jobs, _ = server.ctx.queue.store.history(limit=5)
+    assert any(j.request.get("prompt") == "generated through the queue" and j.status == "done" for j in jobs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -210,6 +211,22 @@ def _make_params(ctx: AppContext, tab: GenerationTab, scripts: list[ScriptContro
     return apply_scripts(params, scripts, data)
 
 
+def _through_queue(ctx: AppContext, params: Any) -> Any:
+    """Generate as a job of the queue and wait for it (its client is this page: not retried after a restart)."""
+    from modules.queue.params_codec import encode_params
+
+    assert ctx.queue is not None
+    kind, request = encode_params(params.validate())
+    job = ctx.queue.submit(kind, request, durable=False, wait=True, name=params.prompt[:60] or None)
+    return ctx.queue.wait_for(job.id).payload
+
+
+def _interrupt(ctx: AppContext) -> None:
+    ctx.control.interrupt()
+    if ctx.queue is not None:  # a job on a Ray Serve replica too (A1111's Interrupt stops what runs)
+        ctx.queue.interrupt_running()
+
+
 def _wire_enqueue(ctx: AppContext, tab: GenerationTab, button: gr.Button, scripts: list[ScriptControls],
                   selector: ScriptSelector) -> None:
     """Enqueue: the tab's settings become a job of the durable queue (see the Queue tab); no waiting."""
@@ -248,6 +265,8 @@ def _wire(ctx: AppContext, tab: GenerationTab, scripts: list[ScriptControls], re
         except UserError as exc:
             yield {out.message: error_html(str(exc))}
             return
+        if run == ctx.generate and ctx.queue is not None:
+            run = partial(_through_queue, ctx)  # a job like every other: in line, recorded, in the history
         yield from run_with_progress(ctx, make, out, run)
 
     # One generation at a time from the UI, shared by all tabs: a second click (another browser
@@ -256,7 +275,7 @@ def _wire(ctx: AppContext, tab: GenerationTab, scripts: list[ScriptControls], re
                                                            out.message, out.result],
                        concurrency_id="generate", concurrency_limit=1, api_name=tab.mode, show_progress="minimal")
     # Interrupt / Skip must run while the generation holds the queue slot: no limit for them.
-    tab.interrupt.click(ctx.control.interrupt, inputs=None, outputs=None, concurrency_limit=None,
+    tab.interrupt.click(partial(_interrupt, ctx), inputs=None, outputs=None, concurrency_limit=None,
                         show_progress="hidden", api_visibility="undocumented")
     tab.skip.click(ctx.control.skip, inputs=None, outputs=None, concurrency_limit=None,
                    show_progress="hidden", api_visibility="undocumented")

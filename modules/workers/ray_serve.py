@@ -73,7 +73,8 @@ class GenerationReplica:
 
         configure_threads(threads or None)
         self.ctx = AppContext.create(Paths.make(Path(data_dir)), DevicePolicy.from_flags(device, precision))
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        node = _ray().get_runtime_context().get_node_id()[:8]
+        self.name = f"{socket.gethostname()}:{os.getpid()}@{node}"  # host, process, Ray node
         self._board: Any = None
 
     def _watch(self, job_id: str, done: threading.Event) -> None:
