@@ -230,7 +230,7 @@ def launch(ctx: AppContext, args: argparse.Namespace, extensions: LoadedExtensio
         from modules.workers.ray_serve import RayWorkers
 
         workers = RayWorkers.start(ctx, args.workers, args.ray, args.threads or 1, args.device, args.precision)
-        queue = jobs.open_queue(ctx, workers.execute, args.workers, workers.interrupt)
+        queue = jobs.open_queue(ctx, workers.execute, args.workers, workers.interrupt, workers.skip)
         atexit.register(workers.shutdown)
     else:
         queue = jobs.open_queue(ctx)
@@ -248,9 +248,20 @@ def launch(ctx: AppContext, args: argparse.Namespace, extensions: LoadedExtensio
     return 0
 
 
+def split_devices(args: argparse.Namespace) -> argparse.Namespace:
+    """`--device cuda:0,cuda:1`: one worker per listed device (Ray Serve gives each replica one GPU); this
+    process itself uses the first."""
+    device = getattr(args, "device", None)
+    if device and "," in device:
+        devices = [d.strip() for d in device.split(",") if d.strip()]
+        args.workers = max(getattr(args, "workers", 1), len(devices))
+        args.device = devices[0]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = split_devices(parser.parse_args(argv))
     setup_logging()
     from modules.errors import UserError
 

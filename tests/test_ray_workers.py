@@ -165,3 +165,41 @@ def test_workers_run_with_the_network_unplugged(tmp_path: Path) -> None:
     result = subprocess.run(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" -c "$1"', sys.executable,
                              script], capture_output=True, text=True, timeout=600)
     assert "STATUS ['done', 'done']" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def test_a_device_list_means_one_worker_per_device() -> None:
+    import argparse
+
+    from webui import split_devices
+
+    args = split_devices(argparse.Namespace(device="cuda:0,cuda:1", workers=1))
+    assert args.workers == 2 and args.device == "cuda:0"
+    assert split_devices(argparse.Namespace(device="cuda", workers=3)).workers == 3
+
+
+def test_skip_reaches_the_replica_and_interrupt_stops_it(workers: Any, tmp_path: Path) -> None:
+    _, queue = queue_for(workers, tmp_path, 1)
+    job = queue.submit("txt2img", {**JOB, "seed": 900, "steps": 60, "n_iter": 2, "save_images": True})
+    end = time.time() + 60
+    while job.id not in queue.running and time.time() < end:
+        time.sleep(0.02)
+    time.sleep(1.0)
+    queue.skip_running()  # the first picture is cut short, the second still made
+    end = time.time() + 300
+    while queue.store.get(job.id).status == "queued" or job.id in queue.running:
+        if time.time() > end:
+            raise AssertionError("job did not finish")
+        time.sleep(0.05)
+    skipped = queue.store.get(job.id)
+    assert skipped.status == "done" and len(skipped.files) == 2
+    second = queue.submit("txt2img", {**JOB, "seed": 901, "steps": 150, "n_iter": 3, "save_images": True})
+    while second.id not in queue.running:
+        time.sleep(0.02)
+    time.sleep(1.0)
+    start = time.perf_counter()
+    queue.interrupt_running()
+    while second.id in queue.running:
+        time.sleep(0.05)
+    stopped = queue.store.get(second.id)
+    assert stopped.status == "interrupted" and time.perf_counter() - start < 30, stopped.error
+    assert len(stopped.files) < 3

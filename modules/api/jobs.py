@@ -39,7 +39,8 @@ _open_lock = threading.Lock()
 
 
 def open_queue(ctx: AppContext, execute: Execute | None = None, workers: int = 1,
-               on_interrupt: Callable[[str], None] | None = None) -> QueueRunner:
+               on_interrupt: Callable[[str], None] | None = None,
+               on_skip: Callable[[str], None] | None = None) -> QueueRunner:
     """The app's queue (data folder's queue.sqlite3), opened once: recovers after a crash, starts its
     workers. By default one worker runs jobs on this machine (`execute_job`); Ray Serve replicas come
     with their own `execute` and `on_interrupt` (modules/workers/ray_serve.py)."""
@@ -51,7 +52,7 @@ def open_queue(ctx: AppContext, execute: Execute | None = None, workers: int = 1
                                  max_attempts=options.queue_max_attempts,
                                  paused_after_crash=options.queue_paused_after_crash,
                                  on_interrupt=on_interrupt or (lambda _job_id: ctx.control.interrupt()),
-                                 on_finished=send_callback, workers=workers)
+                                 on_finished=send_callback, workers=workers, on_skip=on_skip)
             runner.start()
             ctx.queue = runner
         return ctx.queue

@@ -154,6 +154,8 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
     @router.post("/skip")
     async def skip() -> None:
         ctx.control.skip()
+        if ctx.queue is not None:  # jobs running on Ray Serve replicas too
+            ctx.queue.skip_running()
 
     # ------------------------------------------------------------------ settings and models
     @router.get("/options")

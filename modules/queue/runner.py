@@ -55,12 +55,13 @@ class QueueRunner:
 
     def __init__(self, store: JobStore, execute: Execute, *, max_attempts: int = 3, paused_after_crash: bool = False,
                  on_interrupt: Callable[[str], None] | None = None, on_finished: Finished | None = None,
-                 workers: int = 1) -> None:
+                 workers: int = 1, on_skip: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.execute = execute
         self.max_attempts = max_attempts
         self.on_interrupt = on_interrupt
         self.on_finished = on_finished
+        self.on_skip = on_skip
         self.workers = max(1, workers)
         self.running: dict[str, Job] = {}
         self._wake = threading.Condition()
@@ -116,6 +117,12 @@ class QueueRunner:
     def interrupt_running(self) -> None:
         for job_id in list(self.running):
             self.cancel(job_id)
+
+    def skip_running(self) -> None:
+        """Skip the picture being made by each running job (reaches Ray replicas through `on_skip`)."""
+        for job_id in list(self.running):
+            if self.on_skip is not None:
+                self.on_skip(job_id)
 
     # ------------------------------------------------------------------ pause
     @property

@@ -227,6 +227,12 @@ def _interrupt(ctx: AppContext) -> None:
         ctx.queue.interrupt_running()
 
 
+def _skip(ctx: AppContext) -> None:
+    ctx.control.skip()
+    if ctx.queue is not None:
+        ctx.queue.skip_running()
+
+
 def _wire_enqueue(ctx: AppContext, tab: GenerationTab, button: gr.Button, scripts: list[ScriptControls],
                   selector: ScriptSelector) -> None:
     """Enqueue: the tab's settings become a job of the durable queue (see the Queue tab); no waiting."""
@@ -277,7 +283,7 @@ def _wire(ctx: AppContext, tab: GenerationTab, scripts: list[ScriptControls], re
     # Interrupt / Skip must run while the generation holds the queue slot: no limit for them.
     tab.interrupt.click(partial(_interrupt, ctx), inputs=None, outputs=None, concurrency_limit=None,
                         show_progress="hidden", api_visibility="undocumented")
-    tab.skip.click(ctx.control.skip, inputs=None, outputs=None, concurrency_limit=None,
+    tab.skip.click(partial(_skip, ctx), inputs=None, outputs=None, concurrency_limit=None,
                    show_progress="hidden", api_visibility="undocumented")
 
     def on_select(state: dict[str, Any] | None, evt: gr.SelectData) -> tuple[Any, Any]:

@@ -49,19 +49,27 @@ def _ray() -> Any:
 
 
 class InterruptBoard:
-    """Job ids asked to stop; replicas look here while they run a job."""
+    """Job ids asked to stop ("interrupt") or to skip their current picture ("skip"); replicas look here
+    while they run a job."""
 
     def __init__(self) -> None:
-        self._ids: set[str] = set()
+        self._asks: dict[str, str] = {}
 
     def interrupt(self, job_id: str) -> None:
-        self._ids.add(job_id)
+        self._asks[job_id] = "interrupt"
+
+    def skip(self, job_id: str) -> None:
+        self._asks.setdefault(job_id, "skip")
 
     def clear(self, job_id: str) -> None:
-        self._ids.discard(job_id)
+        self._asks.pop(job_id, None)
 
-    def is_set(self, job_id: str) -> bool:
-        return job_id in self._ids
+    def take(self, job_id: str) -> str | None:
+        """What was asked for the job (a skip is taken once; an interrupt stays)."""
+        ask = self._asks.get(job_id)
+        if ask == "skip":
+            del self._asks[job_id]
+        return ask
 
 
 class GenerationReplica:
@@ -83,11 +91,14 @@ class GenerationReplica:
             self._board = ray.get_actor(BOARD_NAME, namespace=NAMESPACE)
         while not done.wait(0.25):
             try:
-                if ray.get(self._board.is_set.remote(job_id)):
-                    self.ctx.control.interrupt()
-                    return
+                ask = ray.get(self._board.take.remote(job_id))
             except Exception:  # noqa: BLE001 - the board is gone: nobody can interrupt any more
                 return
+            if ask == "interrupt":
+                self.ctx.control.interrupt()
+                return
+            if ask == "skip":
+                self.ctx.control.skip()
 
     def _load(self, checkpoint: str) -> str:
         registry = self.ctx.registry
@@ -213,6 +224,9 @@ class RayWorkers:
 
     def interrupt(self, job_id: str) -> None:
         self.board.interrupt.remote(job_id)
+
+    def skip(self, job_id: str) -> None:
+        self.board.skip.remote(job_id)
 
     def shutdown(self) -> None:
         from ray import serve
