@@ -281,9 +281,15 @@ def _wire(ctx: AppContext, tab: GenerationTab, scripts: list[ScriptControls], re
                                                            out.message, out.result],
                        concurrency_id="generate", concurrency_limit=1, api_name=tab.mode, show_progress="minimal")
     # Interrupt / Skip must run while the generation holds the queue slot: no limit for them.
-    tab.interrupt.click(partial(_interrupt, ctx), inputs=None, outputs=None, concurrency_limit=None,
+    def on_interrupt() -> None:
+        _interrupt(ctx)
+
+    def on_skip() -> None:
+        _skip(ctx)
+
+    tab.interrupt.click(on_interrupt, inputs=None, outputs=None, concurrency_limit=None,
                         show_progress="hidden", api_visibility="undocumented")
-    tab.skip.click(partial(_skip, ctx), inputs=None, outputs=None, concurrency_limit=None,
+    tab.skip.click(on_skip, inputs=None, outputs=None, concurrency_limit=None,
                    show_progress="hidden", api_visibility="undocumented")
 
     def on_select(state: dict[str, Any] | None, evt: gr.SelectData) -> tuple[Any, Any]:
