@@ -12,7 +12,7 @@ import logging
 import mimetypes
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,25 +94,50 @@ def job_request(ctx: AppContext, job: Job, here: bool = True) -> tuple[Generatio
     return _params(ctx, job.kind, req)
 
 
-def _ui_params(job: Job) -> GenerationParams | None:
-    return decode_params(job.kind, job.request) if job.kind.startswith(PARAMS_PREFIX) else None
+@dataclass(frozen=True)
+class ParsedJob:
+    """A job's request made into params once: `req` and `script` are None for a UI tab's job."""
+
+    params: GenerationParams
+    req: GenerationRequest | None = None
+    script: Any = None
+    args: dict[str, Any] = field(default_factory=dict)
 
 
-def compute(ctx: AppContext, job: Job, on_saved: SavedHook | None = None, save: bool = True) -> GenerationResult:
+def parse_job(ctx: AppContext, job: Job, here: bool = True) -> ParsedJob:
+    """The job's params (and API request and script), built once per machine that handles it."""
+    if job.kind.startswith(PARAMS_PREFIX):  # from the UI's Enqueue button
+        return ParsedJob(decode_params(job.kind, job.request))
+    req, script, args, params = job_request(ctx, job, here)
+    return ParsedJob(params, req, script, args)
+
+
+class Recorder:
+    """An `on_saved` hook that also keeps the files and infotexts, for the job's outcome."""
+
+    def __init__(self, on_saved: SavedHook | None = None) -> None:
+        self.on_saved = on_saved
+        self.files: list[str] = []
+        self.infotexts: list[str] = []
+
+    def __call__(self, path: Path, infotext: str) -> None:
+        self.files.append(str(path))
+        self.infotexts.append(infotext)
+        if self.on_saved is not None:
+            self.on_saved(path, infotext)
+
+
+def compute(ctx: AppContext, job: ParsedJob, on_saved: SavedHook | None = None, save: bool = True) -> GenerationResult:
     """Generate a job's pictures; with `save` they are written here as they come (`on_saved` told of each),
     without (a Ray replica) the machine that owns the queue writes them (`save_result`)."""
-    ui = _ui_params(job)
-    if ui is not None:  # from the UI's Enqueue button
-        return ctx.generate(ui if save else replace(ui, save=False), on_saved=on_saved)
-    _, script, args, params = job_request(ctx, job)
-    if not save:
-        params = replace(params, save=False)
-    return run_script(ctx, script, params, args) if script else ctx.generate(params, on_saved=on_saved)
+    params = job.params if save else replace(job.params, save=False)
+    if job.script is not None:
+        return run_script(ctx, job.script, params, job.args)
+    return ctx.generate(params, on_saved=on_saved)
 
 
-def save_result(ctx: AppContext, job: Job, result: GenerationResult, on_saved: SavedHook) -> None:
+def save_result(ctx: AppContext, params: GenerationParams, result: GenerationResult, on_saved: SavedHook) -> None:
     """Write a result computed elsewhere as this machine's settings say (grids first, as scripts return them)."""
-    params = _ui_params(job) or job_request(ctx, job, here=False)[3]
     if not params.save:
         return
     options = ctx.options.effective(params.override_settings)
@@ -128,42 +153,30 @@ def save_result(ctx: AppContext, job: Job, result: GenerationResult, on_saved: S
         result.grid_path = output.save_grid(make_grid(result.images[result.grids:]), result.infotexts[result.grids])
 
 
-def answer(ctx: AppContext, job: Job, result: GenerationResult, here: bool = True) -> ImageResponse | GenerationResult:
-    """The /sdapi/v1 answer for a job's result (not `here`: computed by a worker elsewhere); a UI job's
-    is its result."""
-    if job.kind.startswith(PARAMS_PREFIX):
+def answer(ctx: AppContext, job: ParsedJob, result: GenerationResult) -> ImageResponse | GenerationResult:
+    """The /sdapi/v1 answer for a job's result; a UI job's is its result."""
+    if job.req is None:
         return result
-    req, script, _, params = job_request(ctx, job, here)
-    mapping.after_generation(ctx, req, result.params)
-    return_grid = ctx.options.effective(params.override_settings).return_grid
-    built = mapping.build_answer(req.model_copy(update={"do_not_save_grid": True}) if script else req, result,
-                                 return_grid)
-    return ImageResponse(images=built.images, parameters=mapping.echo_parameters(req), info=built.info)
+    mapping.after_generation(ctx, job.req, result.params)
+    return_grid = ctx.options.effective(job.params.override_settings).return_grid
+    req = job.req.model_copy(update={"do_not_save_grid": True}) if job.script else job.req
+    built = mapping.build_answer(req, result, return_grid)
+    return ImageResponse(images=built.images, parameters=mapping.echo_parameters(job.req), info=built.info)
 
 
 def execute_job(ctx: AppContext, job: Job, on_saved: SavedHook) -> JobOutcome:
     """Run one queued generation request on this machine; the outcome's payload is the API's answer
     (for a job from the UI's Enqueue button, the generation result)."""
-    files: list[str] = []
-    texts: list[str] = []
-
-    def saved(path: Path, infotext: str) -> None:
-        files.append(str(path))
-        texts.append(infotext)
-        on_saved(path, infotext)
-
-    if job.kind.startswith(PARAMS_PREFIX):
-        result = compute(ctx, job, saved)
-        return JobOutcome(files=files, infotexts=texts, payload=result, interrupted=result.interrupted)
-
-    _, script, _, _ = job_request(ctx, job)
-    result = compute(ctx, job, saved)
-    if script is not None:  # scripts save through their own paths: record what they report
+    parsed = parse_job(ctx, job)
+    saved = Recorder(on_saved)
+    result = compute(ctx, parsed, saved)
+    if parsed.script is not None:  # scripts save through their own paths: record what they report
         for path, text in zip(result.paths, result.infotexts, strict=False):
             saved(path, text)
         if result.grid_path is not None:
             saved(result.grid_path, result.infotexts[0] if result.infotexts else "")
-    return JobOutcome(files=files, infotexts=texts, payload=answer(ctx, job, result), interrupted=result.interrupted)
+    return JobOutcome(files=saved.files, infotexts=saved.infotexts, payload=answer(ctx, parsed, result),
+                      interrupted=result.interrupted)
 
 
 def run_and_wait(ctx: AppContext, kind: str, req: GenerationRequest) -> ImageResponse:

@@ -119,13 +119,13 @@ class GenerationReplica:
     async def run(self, job: Job) -> dict[str, Any]:
         from ray import serve
 
-        from modules.api.jobs import compute
+        from modules.api.jobs import compute, parse_job
 
         await self.get_model(serve.get_multiplexed_model_id())
         done = threading.Event()
         threading.Thread(target=self._watch, args=(job.id, done), daemon=True).start()
         try:
-            result = await asyncio.to_thread(compute, self.ctx, job, None, False)
+            result = await asyncio.to_thread(lambda: compute(self.ctx, parse_job(self.ctx, job), None, False))
         finally:
             done.set()
         return {"result": result, "worker": self.name}
@@ -193,7 +193,7 @@ class RayWorkers:
         """Run `job` on a replica, then save its pictures here and build the answer."""
         from ray import exceptions as ray_errors
 
-        from modules.api.jobs import answer, save_result
+        from modules.api.jobs import Recorder, answer, parse_job, save_result
 
         try:
             reply = self.handle.options(multiplexed_model_id=self.checkpoint_of(job)).run.remote(job).result()
@@ -209,17 +209,11 @@ class RayWorkers:
         finally:
             self.board.clear.remote(job.id)
         result = reply["result"]
-        files: list[str] = []
-        texts: list[str] = []
-
-        def saved(path: Path, text: str) -> None:
-            files.append(str(path))
-            texts.append(text)
-            on_saved(path, text)
-
-        save_result(self.ctx, job, result, saved)
+        parsed = parse_job(self.ctx, job, here=False)  # this machine need not have the job's checkpoint
+        saved = Recorder(on_saved)
+        save_result(self.ctx, parsed.params, result, saved)
         log.info("Ray Serve: job %s ran on %s", job.id, reply["worker"])
-        return JobOutcome(files=files, infotexts=texts, payload=answer(self.ctx, job, result, here=False),
+        return JobOutcome(files=saved.files, infotexts=saved.infotexts, payload=answer(self.ctx, parsed, result),
                           interrupted=result.interrupted, worker=reply["worker"])
 
     def interrupt(self, job_id: str) -> None:
