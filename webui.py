@@ -72,6 +72,9 @@ def add_global_flags(parser: argparse.ArgumentParser, suppress: bool = False) ->
     add("--ckpt", metavar="PATH_OR_NAME", default=None,
         help="checkpoint to load first: a .safetensors/.ckpt file path, or the name of one in models/Stable-diffusion")
     add("--ckpt-dir", type=Path, default=None, help="extra folder to look for checkpoints in")
+    add("--vae", "--vae-path", dest="vae", metavar="PATH_OR_NAME", default=None,
+        help="VAE used with every checkpoint, whatever the settings pick: a file path, or the name of one in "
+             "models/VAE (A1111's --vae-path)")
     add("--controlnet-dir", type=Path, default=None,
         help="extra folder to look for ControlNet models in (besides models/ControlNet)")
     add("--data-dir", type=Path, default=None,
@@ -175,6 +178,8 @@ def create_context(args: argparse.Namespace) -> AppContext:
                                      vae_tiling=getattr(args, "vae_tiling", False))
     ctx = AppContext.create(paths, policy)
     log.info("Device: %s; data folder: %s", policy.describe(), paths.data_dir)
+    if getattr(args, "vae", None):
+        ctx.forced_vae = _forced_vae(ctx, args.vae)
     if args.ckpt:
         from modules.cli import resolve_checkpoint
 
@@ -186,6 +191,19 @@ def create_context(args: argparse.Namespace) -> AppContext:
         except UserError as exc:
             log.warning("The last used checkpoint is not available (%s); using the default.", exc)
     return ctx
+
+
+def _forced_vae(ctx: AppContext, value: str) -> Path:
+    from modules.errors import UserError
+
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.resolve()
+    try:
+        return ctx.registry.find_vae(value).path
+    except UserError as exc:
+        raise UserError(f"--vae {value}: no such file, and no VAE of that name in {ctx.paths.vae_dir}. Give the "
+                        "path of a .safetensors/.ckpt/.pt VAE file or the name of one in models/VAE.") from exc
 
 
 def _import_part(name: str, what: str) -> Any:

@@ -22,6 +22,7 @@ from modules.faces.restore import FaceRestorers, FaceStep
 from modules.images import FORMATS
 from modules.models.discovery import HashCache
 from modules.models.registry import ModelRegistry
+from modules.models.vae_choice import VaeChoice
 from modules.options import Options, OptionsStore
 from modules.processing.control import GenerationControl
 from modules.processing.output import OutputSettings, extras_dir, output_settings
@@ -117,6 +118,7 @@ class AppContext:
     controlnets: ControlNetRegistry = field(default_factory=lambda: ControlNetRegistry([]))
     faces: FaceRestorers = field(default_factory=lambda: FaceRestorers(FaceFolders.under(ROOT)))
     queue: QueueRunner | None = None  # the durable job queue, opened by the API layer (api/jobs.open_queue)
+    forced_vae: Path | None = None  # --vae: used with every checkpoint, whatever the settings say
 
     @classmethod
     def create(cls, paths: Paths, policy: DevicePolicy) -> AppContext:
@@ -160,7 +162,14 @@ class AppContext:
                         lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,
                         upscalers=self.upscalers, sampling=sampler_settings(options), controlnets=self.controlnets,
                         auto_vae_precision=options.auto_vae_precision, restore_faces=faces,
-                        output=self.output(params.mode, options), on_saved=on_saved)
+                        output=self.output(params.mode, options), on_saved=on_saved,
+                        vae=self.vae_choice(options))
+
+    def vae_choice(self, options: Options | None = None) -> VaeChoice:
+        """What picks the VAE under `options` (the saved settings when not given)."""
+        options = options or self.options.options
+        return VaeChoice(sd_vae=options.sd_vae or "Automatic",
+                         overrides_per_model=options.sd_vae_overrides_per_model_preferences, forced=self.forced_vae)
 
     def face_step(self, params: GenerationParams, options: Options) -> FaceStep | None:
         """The face restoration a request asks for (its own fields, else the settings), checked now:

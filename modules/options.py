@@ -18,6 +18,11 @@ class Options:
 
     sd_model_checkpoint: str = ""  # last selected checkpoint title/name
     sd_vae: str = "Automatic"
+    # On: a VAE chosen in sd_vae wins over a checkpoint's own preference (its user metadata, a VAE named
+    # after it); Automatic always lets those choose. Off: the setting is the last resort (A1111's rule).
+    sd_vae_overrides_per_model_preferences: bool = True
+    add_vae_name_to_info: bool = True
+    add_vae_hash_to_info: bool = True
     default_sampler: str = "DPM++ 2M"
     default_scheduler: str = "Automatic"
     default_steps: int = 20

@@ -15,7 +15,7 @@ from PIL import Image
 from modules.images import read_infotext
 from modules.processing import params as P
 from modules.processing.infotext import infotext_to_params, parse_infotext
-from tests.tiny_models import write_tiny_checkpoint
+from tests.tiny_models import write_tiny_checkpoint, write_tiny_vae
 
 REPO = Path(__file__).resolve().parents[1]
 WEBUI = REPO / "webui.py"
@@ -157,6 +157,7 @@ def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(files: dict[s
          "Option sgm_noise_multiplier must be true or false, got 5"),
         (["txt2img", "--override-settings", "sgm_noise_multiplier"], "write KEY=VALUE"),
         (["txt2img", "--schedule-type", "Quadratic"], "Unknown schedule type 'Quadratic'"),
+        (["txt2img", "--vae", "/nowhere/vae.pt"], "--vae /nowhere/vae.pt: no such file"),
     ],
 )
 def test_bad_input_is_refused(webui_main, capsys: pytest.CaptureFixture[str], files: dict[str, Path],
@@ -207,6 +208,18 @@ def test_tab_switches_on_the_command_line(webui_main, capsys: pytest.CaptureFixt
     assert fields["denoising_strength"] == 0.6 and fields["tiling"] is True and fields["clip_skip"] == 2
     assert fields["subseed"] == 9 and fields["subseed_strength"] == 0.5
     assert fields["refiner_checkpoint"].startswith("other") and fields["refiner_switch_at"] == 0.5
+
+
+def test_vae_flag_is_used_whatever_the_settings_say(webui_main, capsys: pytest.CaptureFixture[str],
+                                                    files: dict[str, Path], tmp_path: Path) -> None:
+    vae = write_tiny_vae(tmp_path / "elsewhere" / "mine.safetensors", seed=5)
+    args = ["txt2img", "--ckpt", str(files["ckpt"]), "--data-dir", str(tmp_path / "data"), "--seed", "4", *FAST]
+    assert webui_main([*args, "--vae", str(vae), "--override-settings", "sd_vae=None"]) == 0
+    _, _, fields = _fields(Path(capsys.readouterr().out.strip()))
+    assert fields["sd_vae"] == "mine.safetensors"
+    assert webui_main(args) == 0
+    _, _, fields = _fields(Path(capsys.readouterr().out.strip()))
+    assert "sd_vae" not in fields
 
 
 def test_unreadable_init_image_names_the_file(webui_main, capsys: pytest.CaptureFixture[str],

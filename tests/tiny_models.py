@@ -85,3 +85,17 @@ def write_tiny_checkpoint(folder: Path, kind: str, stem: str | None = None, seed
 
 
 CPU = DevicePolicy.cpu()
+
+
+def write_tiny_vae(path: Path, seed: int, kind: str = "sd1") -> Path:
+    """A separate VAE file (the first_stage_model weights without their prefix, as released VAEs)."""
+    from safetensors.torch import save_file
+
+    from modules.models.convert import modules_to_ldm
+
+    model = build_random_model(kind, seed=seed)
+    state = modules_to_ldm(model.module_states(), model.arch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k.removeprefix("first_stage_model."): v.contiguous() for k, v in state.items()
+               if k.startswith("first_stage_model.")}, str(path))
+    return path

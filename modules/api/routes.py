@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -183,7 +184,7 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
         if isinstance(clip, bool) or not isinstance(clip, int) or not 1 <= clip <= 12:
             # Checked here: a bad value saved would make every later request fail.
             raise UserError(f"CLIP_stop_at_last_layers must be a whole number from 1 to 12, got {clip!r}.")
-        info, vae = None, None
+        info = None
         if changes.get("sd_model_checkpoint"):
             info = mapping.find_checkpoint(ctx, changes["sd_model_checkpoint"])
             changes["sd_model_checkpoint"] = info.name
@@ -194,7 +195,7 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
             if vae not in ("Automatic", "None"):
                 ctx.registry.find_vae(vae)
             changes["sd_vae"] = vae
-        _switch_model(ctx, info, vae)
+        _switch_model(ctx, info, changes)
         ctx.options.update(changes)
 
     @router.get("/cmd-flags")
@@ -301,15 +302,13 @@ def _cuda(ctx: AppContext) -> dict[str, Any]:
         return {"error": str(exc)}
 
 
-def _switch_model(ctx: AppContext, info: CheckpointInfo | None, vae: str | None) -> None:
+def _switch_model(ctx: AppContext, info: CheckpointInfo | None, changes: dict[str, Any]) -> None:
     """Load the chosen checkpoint and/or VAE now, as A1111 does before answering POST /options."""
-    vae_now = ctx.options.options.sd_vae or "Automatic"
-    vae_changed = vae is not None and vae != vae_now
-    wanted_vae = vae if vae is not None else vae_now
-    loaded = ctx.registry.current_info
-    target = info or (loaded if vae_changed else None)
-    if target is None or (target == loaded and not vae_changed):
+    vae_keys = ("sd_vae", "sd_vae_overrides_per_model_preferences")
+    if info is None and not any(key in changes for key in vae_keys):
         return
-    # The registry keeps the loaded model when asked for it again with vae=None; a changed VAE is
-    # passed by name even when "Automatic", which makes it reload the checkpoint's own VAE.
-    ctx.registry.load(target, vae=wanted_vae if vae_changed or wanted_vae != "Automatic" else None)
+    if info is not None:
+        ctx.registry.load(info)
+    if ctx.registry.current_info is not None:
+        wanted = replace(ctx.options.options, **{k: v for k, v in changes.items() if k in vae_keys})
+        ctx.registry.use_vae(ctx.vae_choice(wanted))

@@ -197,12 +197,29 @@ def load_vae_file(path: str | Path, model: SDModel) -> None:
     """Replace `model`'s VAE weights with those of a separate VAE file (.safetensors/.ckpt/.pt)."""
     path = Path(path)
     state, _ = read_state_dict(path)
-    converted = vae_from_ldm(state, model.arch, source=path.name)
+    _set_vae_weights(model, vae_from_ldm(state, model.arch, source=path.name), path.name)
+    model.vae_path = path
+
+
+def vae_weights(model: SDModel) -> dict[str, torch.Tensor]:
+    """A CPU copy of `model`'s VAE weights as they are now (to put back with `restore_vae_weights`)."""
+    offloaded = offloaded_weights(model.vae)
+    state = offloaded if offloaded is not None else model.vae.state_dict()
+    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
+
+
+def restore_vae_weights(model: SDModel, weights: dict[str, torch.Tensor]) -> None:
+    """Put back the VAE weights `vae_weights` copied (the checkpoint's own VAE)."""
+    _set_vae_weights(model, weights, "the checkpoint's VAE")
+    model.vae_path = None
+
+
+def _set_vae_weights(model: SDModel, converted: dict[str, torch.Tensor], source: str) -> None:
     offloaded = offloaded_weights(model.vae)
     if offloaded is not None:  # --lowvram: the weights live in the offloading hooks' CPU copy
         expected = set(model.vae.state_dict())
         if set(converted) != expected:
-            raise CheckpointError(f"{path.name} does not fit this model's VAE "
+            raise CheckpointError(f"{source} does not fit this model's VAE "
                                   f"({len(set(converted) ^ expected)} keys differ)")
         with torch.no_grad():
             for key, value in converted.items():
@@ -210,4 +227,3 @@ def load_vae_file(path: str | Path, model: SDModel) -> None:
     else:
         param = next(model.vae.parameters())
         model.vae.load_state_dict({k: v.to(param.device, param.dtype) for k, v in converted.items()}, strict=True)
-    model.vae_path = path

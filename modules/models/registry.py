@@ -23,7 +23,8 @@ from modules.models.discovery import (
     list_checkpoints,
     list_vaes,
 )
-from modules.models.load import SDModel, load_checkpoint, load_vae_file
+from modules.models.load import SDModel, load_checkpoint, load_vae_file, restore_vae_weights, vae_weights
+from modules.models.vae_choice import VaeChoice, VaeResolution, resolve_vae
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class ModelRegistry:
         self.lock = threading.RLock()
         self._current: SDModel | None = None
         self._current_info: CheckpointInfo | None = None
+        # A separate VAE file swapped into the current model, and the model's own VAE weights (on the
+        # CPU) to put back when a request wants those again.
+        self._base_vae: dict | None = None
         # A second model used beside the current one (the refiner), kept for the next request.
         self._secondary: tuple[CheckpointInfo, SDModel] | None = None
         self.checkpoints: list[CheckpointInfo] = []
@@ -55,7 +59,11 @@ class ModelRegistry:
         found = list_checkpoints(self.checkpoint_dirs)
         known = {info.path.resolve() for info in found}
         self.checkpoints = found + [info for info in self._added if info.path.resolve() not in known]
-        self.vaes = list_vaes(self.vae_dirs)
+        # As A1111: VAEs are the files of the VAE folder and the *.vae.* files among the checkpoints
+        # (which are not checkpoints).
+        beside = [info for info in found if _is_vae_file(info.path)]
+        self.checkpoints = [info for info in self.checkpoints if not _is_vae_file(info.path)]
+        self.vaes = list_vaes(self.vae_dirs) + beside
         return self.checkpoints
 
     def add_file(self, path: Path, prefer: bool = True) -> CheckpointInfo:
@@ -135,14 +143,14 @@ class ModelRegistry:
             assert self._current is not None
             return self._current
 
-    def load(self, info_or_name: CheckpointInfo | str, vae: str | None = None) -> SDModel:
+    def load(self, info_or_name: CheckpointInfo | str) -> SDModel:
         """Switch to a checkpoint (no-op when it is already loaded); the previous one is freed first."""
         info = self.find(info_or_name) if isinstance(info_or_name, str) else info_or_name
         with self.lock:
-            if self._current is not None and self._current_info == info and vae is None:
+            if self._current is not None and self._current_info == info:
                 return self._current
             previous = self._current
-            self._current, self._current_info = None, None
+            self._current, self._current_info, self._base_vae = None, None, None
             del previous
             free_memory()
             start = time.perf_counter()
@@ -150,9 +158,27 @@ class ModelRegistry:
             self._current, self._current_info = model, info
             log.info("Loaded %s in %.1fs on %s (%s)", info.name, time.perf_counter() - start,
                      self.policy.describe(), model.config_reason)
-            if vae not in (None, "Automatic", "None"):
-                load_vae_file(self.find_vae(vae).path, model)
             return model
+
+    def use_vae(self, choice: VaeChoice) -> VaeResolution:
+        """Give the current model the VAE that `choice` picks for it (A1111's rule), swapping weights
+        only when that differs from the VAE it has now."""
+        with self.lock:
+            model, info = self.current(), self._current_info
+            assert info is not None
+            wanted = resolve_vae(info.path, self.vaes, choice)
+            if wanted.path == model.vae_path:
+                return wanted
+            if wanted.path is None:
+                assert self._base_vae is not None
+                restore_vae_weights(model, self._base_vae)
+                log.info("VAE: %s's own", info.name)
+            else:
+                if self._base_vae is None:
+                    self._base_vae = vae_weights(model)
+                load_vae_file(wanted.path, model)
+                log.info("VAE: %s (%s)", wanted.path.name, wanted.source)
+            return wanted
 
     def set_vae_tiling(self, on: bool) -> None:
         """Tiled VAE decoding at every size, for the loaded models and the ones loaded later."""
@@ -186,3 +212,7 @@ class ModelRegistry:
     def short_hash(self, info: CheckpointInfo | None = None) -> str:
         info = info or self._current_info
         return info.short_hash(self.hashes) if info else ""
+
+
+def _is_vae_file(path: Path) -> bool:
+    return path.name.lower().rsplit(".", 2)[-2:-1] == ["vae"]

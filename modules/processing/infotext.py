@@ -130,7 +130,7 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Clip skip": ("clip_skip", _int),
     "Model": ("model", _str),
     "Model hash": ("model_hash", _str),
-    "VAE": ("vae", _str),
+    "VAE": ("sd_vae", _str),
     "VAE hash": ("vae_hash", _str),
     "Variation seed": ("subseed", _int),
     "Variation seed strength": ("subseed_strength", _float),
@@ -159,7 +159,7 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
 # Fields that record a setting rather than a request field: pasting or sending an infotext applies
 # them as that request's override_settings (A1111's infotext_to_setting_name_mapping).
 SETTING_FIELDS = ("eta_noise_seed_delta", "sgm_noise_multiplier", "always_discard_next_to_last_sigma", "rho",
-                  "beta_dist_alpha", "beta_dist_beta", "initial_noise_multiplier")
+                  "beta_dist_alpha", "beta_dist_beta", "initial_noise_multiplier", "sd_vae")
 _SIZES = {"Size": ("width", "height"), "Seed resize from": ("seed_resize_from_w", "seed_resize_from_h"),
           "Hires resize": ("hr_resize_x", "hr_resize_y")}
 

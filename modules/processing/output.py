@@ -30,6 +30,8 @@ class OutputSettings:
     pnginfo: bool = True
     model_hash_in_info: bool = True
     model_name_in_info: bool = True
+    vae_hash_in_info: bool = True
+    vae_name_in_info: bool = True
 
     def save(self, image: Image.Image, seed: int, infotext: str | None, pattern: str | None = None) -> Path:
         return save_image(image, self.samples_dir, seed, infotext, self.image_format,
@@ -69,4 +71,5 @@ def output_settings(options: Options, mode: str, outputs: Path, data_dir: Path) 
         samples_dir=samples_dir(options, mode, outputs, data_dir), grids_dir=grids_dir(options, mode, outputs, data_dir),
         image_format=options.samples_format, filename_pattern=options.samples_filename_pattern,
         add_number=options.save_images_add_number, jpeg_quality=options.jpeg_quality, pnginfo=options.enable_pnginfo,
-        model_hash_in_info=options.add_model_hash_to_info, model_name_in_info=options.add_model_name_to_info)
+        model_hash_in_info=options.add_model_hash_to_info, model_name_in_info=options.add_model_name_to_info,
+        vae_hash_in_info=options.add_vae_hash_to_info, vae_name_in_info=options.add_vae_name_to_info)

@@ -28,6 +28,7 @@ from modules.images import make_grid, save_image
 from modules.models.load import SDModel
 from modules.models.placement import decode as vae_decode
 from modules.models.registry import ModelRegistry
+from modules.models.vae_choice import VaeChoice
 from modules.networks.prompt import prepare as prepare_networks
 from modules.processing import hires
 from modules.processing import inpaint as px
@@ -117,7 +118,7 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
              upscalers: UpscalerRegistry | None = None, sampling: SamplerSettings | None = None,
              controlnets: ControlNetRegistry | None = None, auto_vae_precision: bool = True,
              restore_faces: FaceStep | None = None, output: OutputSettings | None = None,
-             on_saved: Callable[[Path, str], None] | None = None) -> GenerationResult:
+             on_saved: Callable[[Path, str], None] | None = None, vae: VaeChoice | None = None) -> GenerationResult:
     """Run one generation request; holds the device for its duration (requests queue on it).
 
     `<lora:NAME:WEIGHT>` tags load NAME from `lora_dir`, embeddings named in the prompts come from
@@ -126,7 +127,8 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
     `on_saved(path, infotext)` is called after each picture is written. `sampling`: the sampler settings in force
     (ENSD, SGM noise multiplier, ...), A1111's defaults when not given. `controlnets`: where the
     ControlNet models of `params.controlnet_units` are found (and kept loaded). `restore_faces`: face
-    restoration run on each picture as it is decoded (before the inpaint overlay, as A1111).
+    restoration run on each picture as it is decoded (before the inpaint overlay, as A1111). `vae`: the
+    settings that pick the model's VAE (A1111's rule, `models/vae_choice.py`); the checkpoint's own when not given.
     """
     control = control or GenerationControl()
     sampling = sampling or SamplerSettings()
@@ -139,12 +141,14 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
     refiners.check(registry, params)
     with registry.lock, ExitStack() as stack:
         model = registry.load(params.checkpoint) if params.checkpoint else registry.current()
+        vae_file = registry.use_vae(vae or VaeChoice()).path
         info = registry.current_info
         model_name = info.stem if info else "unknown"
         model_hash = registry.short_hash()
         # A1111's add_model_name_to_info / add_model_hash_to_info: what the infotext names.
         info_name = model_name if output is None or output.model_name_in_info else None
         info_hash = model_hash if output is None or output.model_hash_in_info else None
+        vae_fields = _vae_fields(vae_file, registry, output)
         # 2. Pixels: the generation size, the starting image and the mask.
         params, pixels = _prepare_pixels(params, model)
         hr = hires.plan(params, upscalers)
@@ -209,7 +213,7 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                     # With hires. fix, "Size" is the first pass's, as A1111 writes it.
                     size = (params.width, params.height) if hr is not None else image.size
                     fields = _infotext_fields(params, batch_seeds[i], subseeds and batch_subseeds[i],
-                                              info_name, info_hash, size, restore_faces)
+                                              info_name, info_hash, size, restore_faces, vae_fields)
                     text = format_infotext(params.prompt, params.negative_prompt,
                                            {**fields, **extra_fields, **network_fields})
                     for hook in image_hooks or []:
@@ -506,8 +510,21 @@ def _inpainting_channels(model: SDModel, pixels: _Pixels, params: GenerationPara
     return torch.cat([extra, extra]).to(dtype)
 
 
+def _vae_fields(vae_file: Path | None, registry: ModelRegistry, output: OutputSettings | None) -> dict[str, object]:
+    """A1111's "VAE hash" and "VAE" fields: written when a separate VAE file is in use."""
+    if vae_file is None:
+        return {}
+    fields: dict[str, object] = {}
+    if output is None or output.vae_hash_in_info:
+        fields["VAE hash"] = registry.hashes.sha256(vae_file)[:10]
+    if output is None or output.vae_name_in_info:
+        fields["VAE"] = vae_file.name
+    return fields
+
+
 def _infotext_fields(params: GenerationParams, seed: int, subseed: int | None | bool, model_name: str | None,
-                     model_hash: str | None, size: tuple[int, int], faces: FaceStep | None = None) -> dict[str, object]:
+                     model_hash: str | None, size: tuple[int, int], faces: FaceStep | None = None,
+                     vae_fields: dict[str, object] | None = None) -> dict[str, object]:
     fields: dict[str, object] = {
         "Steps": params.steps,
         "Sampler": params.sampler,
@@ -522,6 +539,7 @@ def _infotext_fields(params: GenerationParams, seed: int, subseed: int | None | 
         fields["Model hash"] = model_hash
     if model_name is not None:
         fields["Model"] = model_name
+    fields.update(vae_fields or {})
     if isinstance(params, (Img2ImgParams, OutpaintParams)):
         fields["Denoising strength"] = params.denoising_strength
     if isinstance(params, Img2ImgParams) and not isinstance(params, InpaintParams):

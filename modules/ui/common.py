@@ -73,15 +73,11 @@ def load_checkpoint(ctx: AppContext, name: str | None) -> None:
         return
     try:
         info = ctx.registry.find(name)
-        ctx.registry.load(info, vae=_vae_choice(ctx))
+        ctx.registry.load(info)
+        ctx.registry.use_vae(ctx.vae_choice())
     except UserError as exc:
         raise gr.Error(str(exc)) from exc
     ctx.options.update({"sd_model_checkpoint": info.name})
-
-
-def _vae_choice(ctx: AppContext) -> str | None:
-    vae = ctx.options.options.sd_vae
-    return vae if vae not in ("", "Automatic") else None
 
 
 @dataclass

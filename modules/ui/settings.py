@@ -96,9 +96,8 @@ def build_settings_tab(ctx: AppContext, tabs: Sequence[GenerationTab]) -> None:
         try:
             changes = check_changes(ctx, {name: _typed(name, data[c]) for name, c in fields.items()})
             ctx.options.update(changes)
-            if changes["sd_vae"] != before["sd_vae"] and ctx.registry.current_info is not None:
-                # Reloads the checkpoint with the chosen VAE ("Automatic" = its own one back).
-                ctx.registry.load(ctx.registry.current_info, vae=changes["sd_vae"])
+            if ctx.registry.current_info is not None:
+                ctx.registry.use_vae(ctx.vae_choice())  # the VAE the settings now pick, at once
         except UserError as exc:
             return {result: error_html(str(exc))}
         ctx.control.preview_every = changes["show_progress_every_n_steps"] if changes["live_previews_enable"] else 0

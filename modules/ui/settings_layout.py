@@ -57,7 +57,9 @@ SECTIONS: tuple[Section, ...] = (
         Setting("CLIP_stop_at_last_layers", "Clip skip", minimum=1, maximum=12),
     )),
     Section("VAE", (
-        Setting("sd_vae", "SD VAE", info="Automatic = the checkpoint's own VAE"),
+        Setting("sd_vae", "SD VAE", info="Automatic = a VAE named after the checkpoint, else its own; None = its own"),
+        Setting("sd_vae_overrides_per_model_preferences", "Selected VAE overrides per-model preferences",
+                info="off: a checkpoint's .json preference or a VAE named after it wins"),
         Setting("auto_vae_precision", "Automatically revert VAE to 32-bit floats",
                 info="when a reduced-precision decode gives NaN"),
         Setting("vae_tiling", "Decode images in tiles at every size", info="less memory; large pictures always are"),
@@ -76,6 +78,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("Infotext", (
         Setting("add_model_hash_to_info", "Add model hash to infotext"),
         Setting("add_model_name_to_info", "Add model name to infotext"),
+        Setting("add_vae_hash_to_info", "Add VAE hash to infotext"),
+        Setting("add_vae_name_to_info", "Add VAE name to infotext"),
     )),
     Section("User interface", (
         Setting("return_grid", "Show grid in gallery", info="the API returns the grid first"),
