@@ -140,7 +140,14 @@ def test_same_seed_same_picture_and_unknown_fields_are_ignored(server: ApiServer
     two = requests.post(f"{server.api}/txt2img", json={**body, "some_new_a1111_field": [1, 2], "eta": 0.5},
                         timeout=120)
     assert one.status_code == two.status_code == 200, two.text
-    assert one.json()["images"] == two.json()["images"]
+    assert one.json()["images"] == two.json()["images"]  # Euler has no eta (A1111 passes it to ancestral ones)
+    # eta is the running sampler's: Euler a without ancestral noise steps as Euler.
+    quiet = requests.post(f"{server.api}/txt2img", json={**body, "sampler_name": "Euler a", "eta": 0}, timeout=120)
+    assert quiet.status_code == 200, quiet.text
+    a, b = (np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))), dtype=np.int16)
+            for r in (quiet, one))
+    assert np.abs(a - b).max() <= 1
+    assert "Eta: 0" in json.loads(quiet.json()["info"])["infotexts"][0]
 
 
 def test_img2img_keeps_the_requested_size(api: Any) -> None:

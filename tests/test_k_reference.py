@@ -35,7 +35,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
     return ModelRegistry([folder], [], CPU, HashCache(None))
 
 
-def _generate_capturing(registry: ModelRegistry, params) -> tuple[Any, list[torch.Tensor]]:
+def _generate_capturing(registry: ModelRegistry, params, **kw: Any) -> tuple[Any, list[torch.Tensor]]:
     """The product's result, and the text conditioning of each UNet call."""
     model = registry.load(registry.checkpoints[0].name)
     contexts: list[torch.Tensor] = []
@@ -43,7 +43,7 @@ def _generate_capturing(registry: ModelRegistry, params) -> tuple[Any, list[torc
         lambda module, args, kwargs: contexts.append(kwargs["encoder_hidden_states"].detach().clone()),
         with_kwargs=True)
     try:
-        return generate(params, registry), contexts
+        return generate(params, registry, **kw), contexts
     finally:
         handle.remove()
 
@@ -197,3 +197,32 @@ def test_img2img_fix_steps_runs_every_step(registry: ModelRegistry) -> None:
         finally:
             handle.remove()
         assert len(seen) == calls
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_euler_ancestral_eta_equals_the_k_diffusion_loop(registry: ModelRegistry, eta: float) -> None:
+    from modules.sampling.noise import step_generators
+    from modules.sampling.samplers import SamplerSettings
+
+    result, contexts = _generate_capturing(registry, Txt2ImgParams(
+        prompt="a red square", negative_prompt="blue", sampler="Euler a", steps=STEPS, cfg_scale=CFG, seed=SEED,
+        width=SIDE, height=SIDE, save=False), sampling=SamplerSettings(eta_ancestral=eta))
+    denoise, shape = _denoiser(registry, contexts[0]), (4, SIDE // 8, SIDE // 8)
+    sigmas = expected("Uniform", STEPS)
+    # k-diffusion's sample_euler_ancestral with get_ancestral_step(sigma, sigma_next, eta); the step noise
+    # from the image's generator, continuing after its start noise (A1111's CPU source).
+    [generator] = step_generators([SEED], shape)
+    x = initial_noise([SEED], shape, "cpu", torch.float32) * sigmas[0]
+    for i in range(STEPS):
+        sigma, nxt = sigmas[i], sigmas[i + 1]
+        sigma_up = min(nxt, eta * math.sqrt(nxt**2 * (sigma**2 - nxt**2) / sigma**2))
+        sigma_down = math.sqrt(nxt**2 - sigma_up**2)
+        x = x + (x - denoise(x, sigma)) / sigma * (sigma_down - sigma)
+        x = x + torch.randn(shape, generator=generator).unsqueeze(0) * sigma_up
+    reference = np.asarray(decode_latents(registry.load(registry.checkpoints[0].name), x)[0], dtype=np.int16)
+    picture = np.asarray(result.images[0], dtype=np.int16)
+    assert np.abs(reference - picture).max() <= 1, np.abs(reference - picture).max()
+    from modules.processing.infotext import parse_infotext
+
+    fields = parse_infotext(result.infotexts[0])[2]
+    assert float(fields["Eta"]) == eta if eta != 1.0 else "Eta" not in fields  # A1111 writes it when not 1

@@ -24,6 +24,8 @@ from modules.errors import UserError
 from modules.sampling.samplers import (
     SAMPLER_NAMES,
     SCHEDULE_TYPES,
+    SamplerSettings,
+    draws_step_noise,
     list_samplers,
     make_scheduler,
     sampler_info,
@@ -140,8 +142,8 @@ def test_two_step_denoise(name: str, schedule: str, training: dict) -> None:
     assert torch.isfinite(sample).all()
 
 
-def _run(name: str, seed: int) -> torch.Tensor:
-    scheduler = make_scheduler(name, "Automatic", SD, noise_seeds=[seed])
+def _run(name: str, seed: int, settings: SamplerSettings | None = None) -> torch.Tensor:
+    scheduler = make_scheduler(name, "Automatic", SD, noise_seeds=[seed], settings=settings)
     scheduler.set_timesteps(3)
     sample = torch.ones(1, 4, 4, 4) * scheduler.init_noise_sigma
     generator = [torch.Generator().manual_seed(seed)]
@@ -160,6 +162,21 @@ def test_stochastic_samplers_follow_the_seed(name: str) -> None:
 @pytest.mark.parametrize("name", [info.name for info in list_samplers() if not info.stochastic])
 def test_deterministic_samplers_ignore_the_seed(name: str) -> None:
     assert torch.equal(_run(name, 5), _run(name, 6))
+
+
+def test_eta_settings_take_effect_where_a1111_applies_them() -> None:
+    # DDIM's eta (default 0) makes it draw noise at every step: then the seed matters.
+    noisy = SamplerSettings(eta_ddim=0.5)
+    assert draws_step_noise("DDIM", noisy) and not draws_step_noise("DDIM", SamplerSettings())
+    assert torch.equal(_run("DDIM", 5, noisy), _run("DDIM", 5, noisy))
+    assert not torch.equal(_run("DDIM", 5, noisy), _run("DDIM", 6, noisy))
+    # Euler a at eta 0 adds no noise: the seed no longer matters, and it steps as Euler.
+    quiet = SamplerSettings(eta_ancestral=0.0)
+    assert torch.equal(_run("Euler a", 5, quiet), _run("Euler a", 6, quiet))
+    torch.testing.assert_close(_run("Euler a", 5, quiet), _run("Euler", 5))
+    # The infotext names an eta when it is not the sampler's default, as A1111 writes it.
+    assert noisy.infotext_fields("DDIM") == {"Eta DDIM": 0.5} and noisy.infotext_fields("Euler a") == {}
+    assert quiet.infotext_fields("Euler a") == {"Eta": 0.0} and quiet.infotext_fields("Euler") == {}
 
 
 def test_lcm_takes_more_steps_than_distilled() -> None:

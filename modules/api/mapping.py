@@ -209,6 +209,9 @@ def _common(ctx: AppContext, req: GenerationRequest) -> dict[str, Any]:
     # Every override is checked here (unknown key or bad value: a 400 naming it, nothing runs); clients
     # send null for "leave as it is".
     settings = checked_changes({k: v for k, v in overrides.items() if v is not None})
+    if req.eta is not None:
+        # A1111's p.eta: the eta of whichever sampler runs (Euler a's ancestral or DDIM's), over the settings.
+        settings.update(checked_changes({"eta_ancestral": req.eta, "eta_ddim": req.eta}))
     save = req.save_images and not req.do_not_save_samples
     return {
         "prompt": req.prompt, "negative_prompt": req.negative_prompt, "sampler": sampler,

@@ -136,7 +136,6 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Variation seed strength": ("subseed_strength", _float),
     "Batch size": ("batch_size", _int),
     "Batch pos": ("batch_pos", _int),
-    "Eta": ("eta", _float),
     "ENSD": ("eta_noise_seed_delta", _int),
     "SGM noise multiplier": ("sgm_noise_multiplier", _bool),
     "Discard penultimate sigma": ("always_discard_next_to_last_sigma", _bool),
@@ -152,6 +151,8 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Tiling": ("tiling", _bool),
     "Face restoration": ("face_restorer", _str),
     "Noise multiplier": ("initial_noise_multiplier", _float),
+    "Eta": ("eta_ancestral", _float),
+    "Eta DDIM": ("eta_ddim", _float),
     "Refiner": ("refiner_checkpoint", _str),
     "Refiner switch at": ("refiner_switch_at", _float),
     "Mask blur": ("mask_blur", _int),
@@ -159,7 +160,8 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
 # Fields that record a setting rather than a request field: pasting or sending an infotext applies
 # them as that request's override_settings (A1111's infotext_to_setting_name_mapping).
 SETTING_FIELDS = ("eta_noise_seed_delta", "sgm_noise_multiplier", "always_discard_next_to_last_sigma", "rho",
-                  "beta_dist_alpha", "beta_dist_beta", "initial_noise_multiplier", "sd_vae")
+                  "beta_dist_alpha", "beta_dist_beta", "initial_noise_multiplier", "sd_vae",
+                  "eta_ancestral", "eta_ddim")
 _SIZES = {"Size": ("width", "height"), "Seed resize from": ("seed_resize_from_w", "seed_resize_from_h"),
           "Hires resize": ("hr_resize_x", "hr_resize_y")}
 

@@ -41,7 +41,13 @@ from modules.processing.preview import latent_preview
 from modules.processing.tiling import circular_padding
 from modules.sampling.k_schedulers import start_noise_scale
 from modules.sampling.noise import initial_noise, resolve_seed, step_generators
-from modules.sampling.samplers import SamplerSettings, make_scheduler, sampler_info, scheduler_step
+from modules.sampling.samplers import (
+    SamplerSettings,
+    draws_step_noise,
+    make_scheduler,
+    sampler_info,
+    scheduler_step,
+)
 from modules.text.conditioning import Conditioning, PromptEncoder, sdxl_time_ids
 from modules.text.prompt_parser import extract_lora_tags
 from modules.text.prompt_schedule import PromptSchedules, StepConditioning
@@ -354,7 +360,7 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
     noise = initial_noise(seeds, (4, h, w), device, torch.float32, subseeds=subseeds,
                           subseed_strength=params.subseed_strength)
     generators = (step_generators(seeds, (4, h, w), job.sampling.eta_noise_seed_delta)
-                  if sampler.stochastic else None)
+                  if draws_step_noise(params.sampler, job.sampling) else None)
 
     init_latents = latent_mask = inpaint_extra = None
     if pixels.latents is not None:  # hires. fix: the upscaled first pass, one per image

@@ -43,11 +43,9 @@ from typing import Any
 
 import torch
 from diffusers import (
-    DDIMScheduler,
     DPMSolverMultistepScheduler,
     DPMSolverSDEScheduler,
     DPMSolverSinglestepScheduler,
-    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
@@ -60,6 +58,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from modules.errors import UserError
+from modules.sampling.eta import EtaDDIMScheduler, EtaEulerAncestralScheduler
 from modules.sampling.k_schedulers import k_scheduler_class
 from modules.sampling.schedule_types import SCHEDULE_LABELS, SCHEDULES, find_schedule
 from modules.sampling.schedules import ScheduleSettings, training_sigmas
@@ -145,7 +144,7 @@ class _Recipe:
 _K_MULTISTEP = (("lower_order_final", False), ("euler_at_final", False), ("final_sigmas_type", "zero"))
 
 _RECIPES: dict[str, _Recipe] = {
-    "Euler a": _Recipe(EulerAncestralDiscreteScheduler, (*_K_STYLE.items(),),
+    "Euler a": _Recipe(EtaEulerAncestralScheduler, (*_K_STYLE.items(),),
                        ("k_euler_a", "k_euler_ancestral", "euler_a", "euler_ancestral"), True, uses_ensd=True),
     "Euler": _Recipe(EulerDiscreteScheduler, (*_K_STYLE.items(),), ("k_euler",), False),
     "LMS": _Recipe(LMSDiscreteScheduler, (*_K_STYLE.items(),), ("k_lms",), False),
@@ -169,7 +168,7 @@ _RECIPES: dict[str, _Recipe] = {
         DPMSolverSinglestepScheduler,
         (("algorithm_type", "sde-dpmsolver++"), ("solver_order", 2), ("lower_order_final", True)),
         ("k_dpmpp_2s_a", "dpmpp_2s_a", "dpmpp_2s_ancestral"), True, "Karras", uses_ensd=True),
-    "DDIM": _Recipe(DDIMScheduler, (*_COMPVIS_STYLE.items(), ("clip_sample", False)), ("ddim",), False,
+    "DDIM": _Recipe(EtaDDIMScheduler, (*_COMPVIS_STYLE.items(), ("clip_sample", False)), ("ddim",), False,
                     k_diffusion=False),
     "PLMS": _Recipe(PNDMScheduler, (*_COMPVIS_STYLE.items(), ("skip_prk_steps", True)), ("plms", "pndm"), False,
                     k_diffusion=False),
@@ -211,6 +210,12 @@ def _info(name: str) -> SamplerInfo:
 def list_samplers() -> list[SamplerInfo]:
     """Every sampler, in A1111's menu order of the ones it shares."""
     return [_info(name) for name in SAMPLER_NAMES]
+
+
+def draws_step_noise(name: str, settings: SamplerSettings) -> bool:
+    """Whether `name` adds fresh noise at its steps under `settings` (then it needs per-image generators)."""
+    canonical, _ = validate_sampler(name)
+    return _RECIPES[canonical].stochastic or (canonical == "DDIM" and settings.eta_ddim > 0)
 
 
 def sampler_info(name: str) -> SamplerInfo:
@@ -298,6 +303,8 @@ class SamplerSettings:
     always_discard_next_to_last_sigma: bool = False
     img2img_fix_steps: bool = False  # img2img runs all its steps, as the hires. fix pass does
     initial_noise_multiplier: float = 1.0  # img2img: the noise added to the picture is scaled by this
+    eta_ancestral: float = 1.0  # Euler a's ancestral noise (0: none, plain Euler)
+    eta_ddim: float = 0.0  # DDIM's eta (above 0 it draws step noise)
     schedule: ScheduleSettings = ScheduleSettings()
 
     def infotext_fields(self, sampler: str, schedule_type: str = "Automatic") -> dict[str, object]:
@@ -307,6 +314,11 @@ class SamplerSettings:
         fields: dict[str, object] = {}
         if self.eta_noise_seed_delta and recipe.uses_ensd:
             fields["ENSD"] = self.eta_noise_seed_delta
+        # A1111 writes the eta a sampler uses when it is not that sampler's default.
+        if recipe.cls is EtaEulerAncestralScheduler and self.eta_ancestral != 1.0:
+            fields["Eta"] = self.eta_ancestral
+        if recipe.cls is EtaDDIMScheduler and self.eta_ddim != 0.0:
+            fields["Eta DDIM"] = self.eta_ddim
         if not recipe.k_diffusion:
             return fields
         if self.sgm_noise_multiplier:
@@ -354,13 +366,18 @@ def make_scheduler(
     if not recipe.k_diffusion:
         if schedule in _SCHEDULE_FLAGS:
             config[_SCHEDULE_FLAGS[schedule]] = True
-        return recipe.cls(**{k: v for k, v in config.items() if k in _init_params(recipe.cls)})
+        made = recipe.cls(**{k: v for k, v in config.items() if k in _init_params(recipe.cls)})
+        if isinstance(made, EtaDDIMScheduler):
+            made.eta = settings.eta_ddim
+        return made
 
     cls = k_scheduler_class(recipe.cls)
     # The Karras path of each diffusers scheduler is the one that takes levels from outside
     # (`KScheduleMixin._convert_to_karras` hands it the schedule's sigmas).
     config["use_karras_sigmas"] = True
     scheduler = cls(**{k: v for k, v in config.items() if k in _init_params(recipe.cls)})
+    if isinstance(scheduler, EtaEulerAncestralScheduler):
+        scheduler.eta = settings.eta_ancestral
     scheduler.configure(training_sigmas(config, is_sdxl), schedule,
                         recipe.discard_penultimate or settings.always_discard_next_to_last_sigma,
                         settings.schedule)
