@@ -90,6 +90,9 @@ SECTIONS: tuple[Section, ...] = (
                 info="in sampling steps"),
     )),
     Section("Sampler parameters", (
+        Setting("eta_ddim", "Eta for DDIM", minimum=0.0, maximum=1.0, step=0.01, info="noise multiplier; 0 = deterministic"),
+        Setting("eta_ancestral", "Eta for Euler a", minimum=0.0, maximum=1.0, step=0.01,
+                info="noise multiplier for the ancestral steps; 0 = plain Euler"),
         Setting("eta_noise_seed_delta", "Eta noise seed delta", info="ENSD; 31337 is common"),
         Setting("always_discard_next_to_last_sigma", "Always discard next-to-last sigma"),
         Setting("sgm_noise_multiplier", "SGM noise multiplier"),
