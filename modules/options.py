@@ -57,6 +57,9 @@ class Options:
     show_progress_every_n_steps: int = 2
     # Sampler parameters (A1111's keys): they change pictures, and infotexts record them.
     eta_noise_seed_delta: int = 0  # ENSD: ancestral step noise from seed + this (31337 is common)
+    # Where noise comes from: GPU (the device's generator on CUDA, else the CPU's), CPU (the same pictures on
+    # every device), NV (an NVIDIA GPU's numbers computed anywhere: pictures made with GPU there).
+    randn_source: str = "GPU"
     sgm_noise_multiplier: bool = False  # start from noise * sqrt(1 + sigma_0^2), as the SGM code
     always_discard_next_to_last_sigma: bool = False
     eta_ancestral: float = 1.0  # Euler a's step noise (0 = none); a request's `eta` wins
@@ -97,7 +100,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "eta_ancestral": (0.0, 1.0), "eta_ddim": (0.0, 1.0),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "samples_format": ("png", "jpg", "jpeg", "webp"), "face_restoration_model": ("CodeFormer", "GFPGAN"),
+    "samples_format": ("png", "jpg", "jpeg", "webp"), "randn_source": ("GPU", "CPU", "NV"), "face_restoration_model": ("CodeFormer", "GFPGAN"),
 }
 
 

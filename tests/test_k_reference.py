@@ -199,26 +199,33 @@ def test_img2img_fix_steps_runs_every_step(registry: ModelRegistry) -> None:
         assert len(seen) == calls
 
 
-@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
-def test_euler_ancestral_eta_equals_the_k_diffusion_loop(registry: ModelRegistry, eta: float) -> None:
-    from modules.sampling.noise import step_generators
+@pytest.mark.parametrize(("eta", "source"), [(0.0, "CPU"), (0.5, "CPU"), (1.0, "CPU"), (1.0, "NV"), (0.5, "NV")])
+def test_euler_ancestral_eta_equals_the_k_diffusion_loop(registry: ModelRegistry, eta: float, source: str) -> None:
     from modules.sampling.samplers import SamplerSettings
 
     result, contexts = _generate_capturing(registry, Txt2ImgParams(
         prompt="a red square", negative_prompt="blue", sampler="Euler a", steps=STEPS, cfg_scale=CFG, seed=SEED,
-        width=SIDE, height=SIDE, save=False), sampling=SamplerSettings(eta_ancestral=eta))
+        width=SIDE, height=SIDE, save=False), sampling=SamplerSettings(eta_ancestral=eta, randn_source=source))
     denoise, shape = _denoiser(registry, contexts[0]), (4, SIDE // 8, SIDE // 8)
     sigmas = expected("Uniform", STEPS)
     # k-diffusion's sample_euler_ancestral with get_ancestral_step(sigma, sigma_next, eta); the step noise
-    # from the image's generator, continuing after its start noise (A1111's CPU source).
-    [generator] = step_generators([SEED], shape)
-    x = initial_noise([SEED], shape, "cpu", torch.float32) * sigmas[0]
+    # from the image's generator, continuing after its start noise (A1111's ImageRNG).
+    if source == "NV":
+        from modules.sampling.philox import PhiloxNormal
+
+        stream = PhiloxNormal(SEED)
+        x = stream.randn(shape).unsqueeze(0) * sigmas[0]
+        draw = lambda: stream.randn(shape)  # noqa: E731
+    else:
+        generator = torch.Generator().manual_seed(SEED)
+        x = torch.randn(shape, generator=generator).unsqueeze(0) * sigmas[0]
+        draw = lambda: torch.randn(shape, generator=generator)  # noqa: E731
     for i in range(STEPS):
         sigma, nxt = sigmas[i], sigmas[i + 1]
         sigma_up = min(nxt, eta * math.sqrt(nxt**2 * (sigma**2 - nxt**2) / sigma**2))
         sigma_down = math.sqrt(nxt**2 - sigma_up**2)
         x = x + (x - denoise(x, sigma)) / sigma * (sigma_down - sigma)
-        x = x + torch.randn(shape, generator=generator).unsqueeze(0) * sigma_up
+        x = x + draw().unsqueeze(0) * sigma_up
     reference = np.asarray(decode_latents(registry.load(registry.checkpoints[0].name), x)[0], dtype=np.int16)
     picture = np.asarray(result.images[0], dtype=np.int16)
     assert np.abs(reference - picture).max() <= 1, np.abs(reference - picture).max()
@@ -226,3 +233,4 @@ def test_euler_ancestral_eta_equals_the_k_diffusion_loop(registry: ModelRegistry
 
     fields = parse_infotext(result.infotexts[0])[2]
     assert float(fields["Eta"]) == eta if eta != 1.0 else "Eta" not in fields  # A1111 writes it when not 1
+    assert fields.get("RNG") == (source if source != "GPU" else None)

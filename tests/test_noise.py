@@ -95,3 +95,57 @@ def test_resolve_seed() -> None:
 def test_resolve_seed_rejects(bad: object) -> None:
     with pytest.raises(UserError, match="Seed"):
         resolve_seed(bad)  # type: ignore[arg-type]
+
+
+# torch.randn(3, 4, device="cuda") after torch.manual_seed(0), as A1111 documents its NV source with.
+CUDA_SEED_0 = [[-0.92466259, -0.42534415, -2.6438457, 0.14518388],
+               [-0.12086647, -0.57972564, -0.62285122, -0.32838709],
+               [-1.07454231, -0.36314407, -1.67105067, 2.26550497]]
+
+
+def test_nv_source_gives_cudas_numbers_on_the_cpu() -> None:
+    from modules.sampling.philox import PhiloxNormal
+
+    torch.testing.assert_close(PhiloxNormal(0).randn((3, 4)), torch.tensor(CUDA_SEED_0), atol=1e-6, rtol=0)
+    # As a CUDA generator, each draw moves the stream on: the second draw is new numbers, the first of a
+    # fresh stream the same again.
+    stream = PhiloxNormal(0)
+    first, second = stream.randn((3, 4)), stream.randn((3, 4))
+    assert torch.equal(first, PhiloxNormal(0).randn((3, 4))) and not torch.equal(first, second)
+    big = PhiloxNormal(2**40 + 7).randn((4, 64, 64))  # a 64-bit seed uses both key words
+    assert abs(float(big.mean())) < 0.02 and abs(float(big.std()) - 1) < 0.02
+    assert not torch.equal(big, PhiloxNormal(7).randn((4, 64, 64)))
+
+
+def test_sources_on_the_cpu() -> None:
+    shape = (4, 8, 8)
+    cpu = initial_noise([3], shape, "cpu", torch.float32, source="CPU")
+    # "GPU" on a machine without CUDA draws on the CPU, as A1111 does.
+    assert torch.equal(initial_noise([3], shape, "cpu", torch.float32, source="GPU"), cpu)
+    nv = initial_noise([3], shape, "cpu", torch.float32, source="NV")
+    from modules.sampling.philox import PhiloxNormal
+
+    assert torch.equal(nv[0], PhiloxNormal(3).randn(shape)) and not torch.equal(nv, cpu)
+    # Step noise continues each image's stream after its start noise; ENSD starts a fresh one.
+    [stream] = step_generators([3], shape, source="NV")
+    reference = PhiloxNormal(3)
+    reference.randn(shape)
+    assert torch.equal(stream.randn(shape), reference.randn(shape))
+    [fresh] = step_generators([3], shape, 31337, source="NV")
+    assert torch.equal(fresh.randn(shape), PhiloxNormal(3 + 31337).randn(shape))
+    with pytest.raises(UserError, match="random number source 'TPU'"):
+        initial_noise([3], shape, "cpu", torch.float32, source="TPU")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_source_draws_on_the_gpu_and_nv_matches_it() -> None:
+    shape = (4, 64, 64)
+    gpu = initial_noise([5], shape, "cuda", torch.float32, source="GPU")
+    expected = torch.randn(shape, device="cuda", generator=torch.Generator("cuda").manual_seed(5))
+    assert torch.equal(gpu[0], expected)
+    nv = initial_noise([5], shape, "cuda", torch.float32, source="NV")
+    torch.testing.assert_close(nv, gpu, atol=1e-5, rtol=0)
+    [gen] = step_generators([5], shape, source="GPU", device="cuda")
+    [nv_gen] = step_generators([5], shape, source="NV", device="cuda")
+    torch.testing.assert_close(nv_gen.randn(shape).cuda(), torch.randn(shape, device="cuda", generator=gen),
+                               atol=1e-5, rtol=0)

@@ -153,6 +153,7 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Noise multiplier": ("initial_noise_multiplier", _float),
     "Eta": ("eta_ancestral", _float),
     "Eta DDIM": ("eta_ddim", _float),
+    "RNG": ("randn_source", _str),
     "Refiner": ("refiner_checkpoint", _str),
     "Refiner switch at": ("refiner_switch_at", _float),
     "Mask blur": ("mask_blur", _int),
@@ -161,7 +162,7 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
 # them as that request's override_settings (A1111's infotext_to_setting_name_mapping).
 SETTING_FIELDS = ("eta_noise_seed_delta", "sgm_noise_multiplier", "always_discard_next_to_last_sigma", "rho",
                   "beta_dist_alpha", "beta_dist_beta", "initial_noise_multiplier", "sd_vae",
-                  "eta_ancestral", "eta_ddim")
+                  "eta_ancestral", "eta_ddim", "randn_source")
 _SIZES = {"Size": ("width", "height"), "Seed resize from": ("seed_resize_from_w", "seed_resize_from_h"),
           "Hires resize": ("hr_resize_x", "hr_resize_y")}
 

@@ -358,8 +358,9 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
     scheduler.set_timesteps(schedule_steps, device=device)
     timesteps = scheduler.timesteps
     noise = initial_noise(seeds, (4, h, w), device, torch.float32, subseeds=subseeds,
-                          subseed_strength=params.subseed_strength)
-    generators = (step_generators(seeds, (4, h, w), job.sampling.eta_noise_seed_delta)
+                          subseed_strength=params.subseed_strength, source=job.sampling.randn_source)
+    generators = (step_generators(seeds, (4, h, w), job.sampling.eta_noise_seed_delta, job.sampling.randn_source,
+                                  device)
                   if draws_step_noise(params.sampler, job.sampling) else None)
 
     init_latents = latent_mask = inpaint_extra = None

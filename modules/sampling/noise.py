@@ -1,8 +1,10 @@
-"""Reproducible noise: the same seed gives the same image on any device.
+"""Reproducible noise, from the random number source A1111's setting `randn_source` names.
 
-All noise is drawn on the CPU in float32 from a generator seeded with the image's seed (A1111's
-"Random number generator source: CPU"), then moved to the device and dtype, so a seed means
-the same picture on CUDA, MPS or the CPU and in half or full precision.
+Each image's noise comes from a generator seeded with its seed, in float32, then moved to the device
+and dtype. "CPU" draws on the CPU, so a seed means the same picture on any device; "GPU" (A1111's
+default) draws on the device when it is a CUDA GPU (and on the CPU elsewhere, as A1111 does for the
+CPU and MPS); "NV" computes CUDA's numbers on any machine (`philox.py`), so pictures made on an NVIDIA
+GPU with the default source come out the same here.
 
 Image i of a batch uses seeds[i]; the caller gives seed + i for the i-th image as A1111 does,
 so image i of a batch equals a single run with that seed.
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from modules.errors import UserError
+from modules.sampling.philox import PhiloxNormal
 
 # torch.Generator.manual_seed accepts 0..2**64-1 (and negatives, which A1111 never writes).
 SEED_MAX = 2**64 - 1
@@ -39,12 +42,28 @@ def resolve_seed(seed: int) -> int:
     return _check_seed(seed)
 
 
-def _generator(seed: int) -> torch.Generator:
+RANDN_SOURCES = ("GPU", "CPU", "NV")
+NoiseGenerator = torch.Generator | PhiloxNormal
+
+
+def _generator(seed: int, source: str = "CPU", device: torch.device | str = "cpu") -> NoiseGenerator:
+    if source == "NV":
+        return PhiloxNormal(seed)
+    if source == "GPU" and torch.device(device).type == "cuda":
+        return torch.Generator(torch.device(device)).manual_seed(seed)
+    if source not in RANDN_SOURCES:
+        raise UserError(f"Unknown random number source {source!r}; use one of {', '.join(RANDN_SOURCES)}.")
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def _randn(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.randn(shape, generator=_generator(seed), dtype=torch.float32)
+def _draw(generator: NoiseGenerator, shape: tuple[int, ...]) -> torch.Tensor:
+    if isinstance(generator, PhiloxNormal):
+        return generator.randn(shape)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+
+
+def _randn(seed: int, shape: tuple[int, ...], source: str = "CPU", device: torch.device | str = "cpu") -> torch.Tensor:
+    return _draw(_generator(seed, source, device), shape)
 
 
 def slerp(t: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -73,12 +92,13 @@ def initial_noise(
     dtype: torch.dtype,
     subseeds: Sequence[int] | None = None,
     subseed_strength: float = 0.0,
+    source: str = "CPU",
 ) -> torch.Tensor:
     """Starting latent noise [len(seeds), *shape], one independently seeded draw per image.
 
     With `subseeds` and a `subseed_strength` > 0 (A1111's "Variation seed"), each image's noise
     is slerped towards the noise of its subseed: 0 keeps the seed's image, 1 gives the subseed's.
-    A missing subseed for an image counts as 0, as in A1111.
+    A missing subseed for an image counts as 0, as in A1111. `source`: the random number source.
     """
     if len(seeds) == 0:
         raise ValueError("initial_noise needs at least one seed")
@@ -91,11 +111,11 @@ def initial_noise(
 
     noises = []
     for i, seed in enumerate(seeds):
-        noise = _randn(_check_seed(seed), shape)
+        noise = _randn(_check_seed(seed), shape, source, device)
         if use_subseeds:
             assert subseeds is not None
             subseed = _check_seed(subseeds[i], "Variation seed") if i < len(subseeds) else 0
-            noise = slerp(strength, noise, _randn(subseed, shape))
+            noise = slerp(strength, noise, _randn(subseed, shape, source, device))
         noises.append(noise)
     return torch.stack(noises).to(device=device, dtype=dtype)
 
@@ -104,7 +124,9 @@ def step_generators(
     seeds: Sequence[int],
     shape: tuple[int, int, int],
     eta_noise_seed_delta: int = 0,
-) -> list[torch.Generator]:
+    source: str = "CPU",
+    device: torch.device | str = "cpu",
+) -> list[NoiseGenerator]:
     """Per-image CPU generators for the noise ancestral / SDE samplers add at every step.
 
     Like A1111 with the CPU generator source, image i's generator is seeded with seeds[i] and
@@ -112,16 +134,15 @@ def step_generators(
     same random stream instead of repeating the initial noise (a generator merely reseeded with
     the seed would hand the sampler the starting noise again). With A1111's
     `eta_noise_seed_delta` (ENSD, e.g. 31337) each generator is instead freshly seeded with
-    seeds[i] + delta, as A1111 does.
+    seeds[i] + delta, as A1111 does. With the "NV" source they are `PhiloxNormal` streams.
     """
     generators = []
     for seed in seeds:
         seed = _check_seed(seed)
         if eta_noise_seed_delta:
-            generators.append(_generator(_check_seed(seed + int(eta_noise_seed_delta))))
+            generators.append(_generator(_check_seed(seed + int(eta_noise_seed_delta)), source, device))
             continue
-        generator = _generator(seed)
-        # Advance past the initial noise exactly as initial_noise drew it.
-        torch.randn(shape, generator=generator, dtype=torch.float32)
+        generator = _generator(seed, source, device)
+        _draw(generator, shape)  # past the initial noise, exactly as initial_noise drew it
         generators.append(generator)
     return generators

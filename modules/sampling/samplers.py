@@ -60,6 +60,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from modules.errors import UserError
 from modules.sampling.eta import EtaDDIMScheduler, EtaEulerAncestralScheduler
 from modules.sampling.k_schedulers import k_scheduler_class
+from modules.sampling.philox import PhiloxNormal
 from modules.sampling.schedule_types import SCHEDULE_LABELS, SCHEDULES, find_schedule
 from modules.sampling.schedules import ScheduleSettings, training_sigmas
 
@@ -305,6 +306,7 @@ class SamplerSettings:
     initial_noise_multiplier: float = 1.0  # img2img: the noise added to the picture is scaled by this
     eta_ancestral: float = 1.0  # Euler a's ancestral noise (0: none, plain Euler)
     eta_ddim: float = 0.0  # DDIM's eta (above 0 it draws step noise)
+    randn_source: str = "GPU"  # A1111's random number source: GPU, CPU or NV (sampling/noise.py)
     schedule: ScheduleSettings = ScheduleSettings()
 
     def infotext_fields(self, sampler: str, schedule_type: str = "Automatic") -> dict[str, object]:
@@ -312,6 +314,8 @@ class SamplerSettings:
         canonical, schedule = validate_sampler(sampler, schedule_type)
         recipe = _RECIPES[canonical]
         fields: dict[str, object] = {}
+        if self.randn_source != "GPU":
+            fields["RNG"] = self.randn_source
         if self.eta_noise_seed_delta and recipe.uses_ensd:
             fields["ENSD"] = self.eta_noise_seed_delta
         # A1111 writes the eta a sampler uses when it is not that sampler's default.
@@ -398,5 +402,9 @@ def scheduler_step(
     """
     kwargs: dict[str, Any] = {"return_dict": False}
     if "generator" in _step_params(type(scheduler)):
+        if isinstance(generator, list) and generator and isinstance(generator[0], PhiloxNormal) \
+                and not isinstance(scheduler, EtaEulerAncestralScheduler | EtaDDIMScheduler):
+            # diffusers' other steps draw from torch generators only: the "NV" streams' CPU twins.
+            generator = [g.fallback for g in generator]
         kwargs["generator"] = generator
     return scheduler.step(model_output, timestep, sample, **kwargs)[0]

@@ -94,6 +94,8 @@ SECTIONS: tuple[Section, ...] = (
         Setting("eta_ancestral", "Eta for Euler a", minimum=0.0, maximum=1.0, step=0.01,
                 info="noise multiplier for the ancestral steps; 0 = plain Euler"),
         Setting("eta_noise_seed_delta", "Eta noise seed delta", info="ENSD; 31337 is common"),
+        Setting("randn_source", "Random number generator source", choices=("GPU", "CPU", "NV"),
+                info="NV: an NVIDIA GPU's noise on any machine; CPU: the same pictures on every device"),
         Setting("always_discard_next_to_last_sigma", "Always discard next-to-last sigma"),
         Setting("sgm_noise_multiplier", "SGM noise multiplier"),
         Setting("rho", "Schedule rho", info="0 = the schedule's own"),
