@@ -51,6 +51,8 @@ class Options:
     return_grid: bool = True
     # img2img: the noise added to the picture is multiplied by this (A1111's "Noise multiplier for img2img").
     initial_noise_multiplier: float = 1.0
+    # img2img: the upscaler that enlarges a picture smaller than the size asked (empty: Lanczos).
+    upscaler_for_img2img: str = ""
     live_previews_enable: bool = True
     # Decode latents in tiles at every size (less memory; --vae-tiling forces it on).
     vae_tiling: bool = False

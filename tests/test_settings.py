@@ -177,6 +177,32 @@ def test_img2img_noise_multiplier(ctx: AppContext, monkeypatch: pytest.MonkeyPat
     assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0])) and "Noise multiplier" not in b.infotexts[0]
 
 
+def test_upscaler_for_img2img_enlarges_small_pictures(ctx: AppContext) -> None:
+    import numpy as np
+
+    from modules.processing.params import Img2ImgParams
+
+    small = Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+
+    def img2img(mode: str, **overrides: object) -> np.ndarray:
+        # Strength 0 returns the resized picture itself: what the resize made is what comes out.
+        result = ctx.generate(Img2ImgParams(prompt="x", steps=1, seed=1, width=96, height=64, init_image=small,
+                                            denoising_strength=0.0, resize_mode=mode, save=False,
+                                            override_settings=dict(overrides)))
+        return np.asarray(result.images[0])
+
+    lanczos, nearest = img2img("just resize"), img2img("just resize", upscaler_for_img2img="Nearest")
+    # A1111: the upscaler takes the picture to the larger scale (6x, 96x96), Lanczos to 96x64.
+    expected = np.asarray(small.resize((96, 96), Image.NEAREST).resize((96, 64), Image.LANCZOS))
+    assert np.array_equal(nearest, expected) and not np.array_equal(nearest, lanczos)
+    assert np.array_equal(lanczos, np.asarray(small.resize((96, 64), Image.LANCZOS)))
+    # "Resize and fill" fits inside: the upscaler goes to the smaller scale (4x, 64x64), centred.
+    filled = img2img("resize and fill", upscaler_for_img2img="Nearest")
+    assert np.array_equal(filled[:, 16:80], np.asarray(small.resize((64, 64), Image.NEAREST)))
+    with pytest.raises(UserError, match="Unknown upscaler 'Sharpest'"):
+        img2img("just resize", upscaler_for_img2img="Sharpest")
+
+
 def test_user_interface_group_return_grid(ctx: AppContext) -> None:
     api = TestClient(create_api(ctx))
     body = {"prompt": "a dot", "steps": 1, "width": 64, "height": 64, "batch_size": 2, "save_images": True}

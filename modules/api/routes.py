@@ -174,6 +174,8 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
         """Change settings; `sd_model_checkpoint` loads that model before answering (as A1111)."""
         # Unknown keys and values of the wrong type are refused, naming them, before anything changes;
         # the read-only keys of GET /options may come back with the rest.
+        if "upscaler_for_img2img" in req and req["upscaler_for_img2img"] is None:
+            req = {**req, "upscaler_for_img2img": ""}  # A1111's default is null: Lanczos
         changes = checked_changes({k: v for k, v in req.items() if k not in READ_ONLY_OPTIONS})
         if "default_sampler" in changes or "default_scheduler" in changes:
             opts = ctx.options.options
@@ -188,6 +190,8 @@ def build_router(ctx: AppContext, credentials: Credentials, flags: Mapping[str, 
         if changes.get("sd_model_checkpoint"):
             info = mapping.find_checkpoint(ctx, changes["sd_model_checkpoint"])
             changes["sd_model_checkpoint"] = info.name
+        if changes.get("upscaler_for_img2img") not in (None, "", "None"):
+            ctx.upscalers.find(changes["upscaler_for_img2img"])
         if "sd_vae" in changes:
             vae = changes["sd_vae"] or "Automatic"
             if not isinstance(vae, str):

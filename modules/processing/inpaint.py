@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 
-def resize_image(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
+def resize_image(image: Image.Image, width: int, height: int, mode: str,
+                 upscale: Callable[[Image.Image, tuple[int, int]], Image.Image] | None = None) -> Image.Image:
     """Fit `image` to width×height: "just resize" stretches, "crop and resize" fills and crops the
-    overflow, "resize and fill" fits inside and fills the borders by stretching the edge pixels."""
+    overflow, "resize and fill" fits inside and fills the borders by stretching the edge pixels.
+
+    `upscale(image, size)` (A1111's "Upscaler for img2img") enlarges a picture that is smaller than the
+    mode needs to that scale first; the rest is Lanczos.
+    """
     image = image.convert("RGB")
+    if upscale is not None:
+        cover = max(width / image.width, height / image.height)
+        scale = min(width / image.width, height / image.height) if mode == "resize and fill" else cover
+        if scale > 1.0:
+            image = upscale(image, (round(image.width * scale), round(image.height * scale)))
     if mode == "just resize" or image.size == (width, height):
         return image.resize((width, height), Image.LANCZOS)
     if mode == "crop and resize":

@@ -156,7 +156,7 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
         info_hash = model_hash if output is None or output.model_hash_in_info else None
         vae_fields = _vae_fields(vae_file, registry, output)
         # 2. Pixels: the generation size, the starting image and the mask.
-        params, pixels = _prepare_pixels(params, model)
+        params, pixels = _prepare_pixels(params, model, _img2img_upscale(upscalers, sampling.img2img_upscaler))
         hr = hires.plan(params, upscalers)
         # 3. Seeds: image i of batch n uses seed + n * batch_size + i.
         seed = resolve_seed(params.seed)
@@ -257,7 +257,18 @@ def _conv_modules(model: SDModel, refiner: refiners.Refiner | None) -> list[torc
 
 # ------------------------------------------------------------------------------------------ pixels
 
-def _prepare_pixels(params: GenerationParams, model: SDModel) -> tuple[GenerationParams, _Pixels]:
+def _img2img_upscale(upscalers: UpscalerRegistry, name: str
+                     ) -> Callable[[Image.Image, tuple[int, int]], Image.Image] | None:
+    """The upscaler that enlarges small img2img pictures (A1111's upscaler_for_img2img; empty/None: Lanczos)."""
+    if name in ("", "None"):
+        return None
+    upscalers.find(name)  # an unknown name is refused before anything runs
+    return lambda image, size: upscalers.upscale_image(image, size, name)
+
+
+def _prepare_pixels(params: GenerationParams, model: SDModel,
+                    upscale: Callable[[Image.Image, tuple[int, int]], Image.Image] | None = None,
+                    ) -> tuple[GenerationParams, _Pixels]:
     native = model.arch.native_size
     if isinstance(params, OutpaintParams):
         assert params.init_image is not None
@@ -271,7 +282,7 @@ def _prepare_pixels(params: GenerationParams, model: SDModel) -> tuple[Generatio
         width = params.width or _round8(params.init_image.width)
         height = params.height or _round8(params.init_image.height)
         params = replace(params, width=width, height=height)
-        init = px.resize_image(params.init_image, width, height, params.resize_mode)
+        init = px.resize_image(params.init_image, width, height, params.resize_mode, upscale)
         if not isinstance(params, InpaintParams):
             return params, _Pixels(init=init, strength=params.denoising_strength)
         assert params.mask is not None

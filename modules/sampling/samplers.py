@@ -307,6 +307,7 @@ class SamplerSettings:
     eta_ancestral: float = 1.0  # Euler a's ancestral noise (0: none, plain Euler)
     eta_ddim: float = 0.0  # DDIM's eta (above 0 it draws step noise)
     randn_source: str = "GPU"  # A1111's random number source: GPU, CPU or NV (sampling/noise.py)
+    img2img_upscaler: str = ""  # enlarges small img2img pictures (A1111's upscaler_for_img2img); "": Lanczos
     schedule: ScheduleSettings = ScheduleSettings()
 
     def infotext_fields(self, sampler: str, schedule_type: str = "Automatic") -> dict[str, object]:

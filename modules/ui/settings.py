@@ -36,6 +36,8 @@ def check_changes(ctx: AppContext, changes: dict[str, Any]) -> dict[str, Any]:
         changes[key] = folder
     pattern = changes["samples_filename_pattern"].strip()
     expand_pattern(pattern, 0, None)  # raises for unknown [tags], naming the allowed ones
+    if changes["upscaler_for_img2img"] not in ("", "None"):
+        ctx.upscalers.find(changes["upscaler_for_img2img"])  # names the upscalers there are
     vae = changes["sd_vae"] or "Automatic"
     if vae not in VAE_FIXED:
         ctx.registry.find_vae(vae)
@@ -53,6 +55,9 @@ def _control(ctx: AppContext, setting: Setting, value: Any) -> gr.components.Com
         return gr.Dropdown(list(SCHEDULE_TYPES), value=value, **common)
     if setting.key == "sd_vae":
         return gr.Dropdown(vae_choices(ctx), value=value or "Automatic", **common)
+    if setting.key == "upscaler_for_img2img":
+        names = [u.name for u in ctx.upscalers.pixel_upscalers()]  # "None" first: Lanczos
+        return gr.Dropdown(names, value=value or "None", **common)
     if setting.choices:
         return gr.Dropdown(list(setting.choices), value=value, **common)
     if isinstance(value, bool):

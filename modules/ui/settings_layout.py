@@ -67,6 +67,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("img2img", (
         Setting("initial_noise_multiplier", "Noise multiplier for img2img", minimum=0.0, maximum=1.5, step=0.001),
         Setting("img2img_fix_steps", "With img2img, do exactly the amount of steps the slider specifies"),
+        Setting("upscaler_for_img2img", "Upscaler for img2img", info="enlarges smaller pictures; empty = Lanczos"),
     )),
     Section("Face restoration", (
         Setting("face_restoration", "Restore faces", info="for every generation, unless a request says otherwise"),
