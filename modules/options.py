@@ -49,6 +49,10 @@ class Options:
     add_model_name_to_info: bool = True
     # The API returns the grid first when a request makes several pictures (and saves them).
     return_grid: bool = True
+    # The UI: send the seed / the picture's size with "Send to" from a result gallery; show no pictures.
+    send_seed: bool = True
+    send_size: bool = True
+    do_not_show_images: bool = False
     # img2img: the noise added to the picture is multiplied by this (A1111's "Noise multiplier for img2img").
     initial_noise_multiplier: float = 1.0
     # img2img: the upscaler that enlarges a picture smaller than the size asked (empty: Lanczos).

@@ -89,3 +89,38 @@ def test_override_settings_box_generates_and_is_filled_by_paste(ctx: AppContext)
     data[box] = '{"no_such_setting": 1}'
     final = list(fn.fn(data))[-1]
     assert any("Unknown option(s) no_such_setting" in str(v) for v in final.values())
+
+
+def test_send_seed_and_send_size_settings(ctx: AppContext) -> None:
+    from PIL import Image
+
+    from modules.ui.paste import gallery_changes
+
+    with gr.Blocks():
+        tab = build_generation_tab(ctx, "img2img", 0)
+    text = "a dot\nSteps: 2, Sampler: Euler, Seed: 7, Size: 64x64"
+    picture = Image.new("RGB", (128, 96))  # a hires. fix result: larger than the first pass's Size
+    sent = paste_values(tab, text, gallery_changes(picture, send_seed=True, send_size=True))
+    # A1111 sends the picture's own size and the seed.
+    assert (sent[tab.seed], sent[tab.width], sent[tab.height]) == (7, 128, 96)
+    kept = paste_values(tab, text, gallery_changes(picture, send_seed=False, send_size=False))
+    assert tab.seed not in kept and tab.width not in kept and tab.height not in kept
+    assert kept[tab.prompt] == "a dot" and kept[tab.steps] == 2  # the rest still goes
+
+
+def test_do_not_show_images_saves_without_showing(ctx: AppContext) -> None:
+    with gr.Blocks() as demo:
+        tab = build_generation_tab(ctx, "txt2img", 64)
+    (fn,) = [f for f in demo.fns.values() if f.api_name == "txt2img"]
+    data = {c: (c.value() if callable(c.value) else c.value) for c in fn.inputs}
+    data.update({tab.prompt: "a dot", tab.steps: 1, tab.width: 64, tab.height: 64})
+    before = set(ctx.output("txt2img").samples_dir.rglob("*.png"))
+    ctx.options.update({"do_not_show_images": True}, save=False)
+    try:
+        final = list(fn.fn(data))[-1]
+    finally:
+        ctx.options.update({"do_not_show_images": False}, save=False)
+    gallery = final[tab.outputs.gallery]
+    assert gallery.value == []
+    assert final[tab.outputs.infotext].startswith("a dot")
+    assert len(set(ctx.output("txt2img").samples_dir.rglob("*.png")) - before) == 1

@@ -60,14 +60,15 @@ def build_ui(ctx: AppContext, extra_tabs: Sequence[ExtraTab] = (), scripts: Sequ
         merger.merged.then(lambda: gr.Dropdown(choices=checkpoint_names(ctx)), inputs=None, outputs=checkpoint.dropdown,
                            api_visibility="undocumented")
         _wire_page_load(ctx, demo, checkpoint.dropdown, list(generation.values()))
+        send_rules = lambda: (ctx.options.options.send_seed, ctx.options.options.send_size)  # noqa: E731
         for source in generation.values():
             for target_mode, button in source.send_to.items():
-                wire_send_to(button, [source.outputs.result], selected_result, generation[target_mode], tabs)
+                wire_send_to(button, [source.outputs.result], selected_result, generation[target_mode], tabs, send_rules)
         for target_mode, button in png_info.send_to.items():
             wire_send_to(button, [png_info.image], read_picture, generation[target_mode], tabs)
         for target_mode, button in queue_tab.send_to.items():
             wire_send_to(button, [queue_tab.task_id], lambda task_id: job_source(ctx, task_id), generation[target_mode],
-                         tabs)
+                         tabs, send_rules)
     return demo
 
 

@@ -37,11 +37,18 @@ def _fits(component: gr.components.Component, value: Any) -> bool:
     return True
 
 
-def paste_values(tab: GenerationTab, infotext: str | None) -> dict[gr.components.Component, Any]:
-    """Component -> value for every field of the infotext the tab has a control for."""
+def paste_values(tab: GenerationTab, infotext: str | None, changes: dict[str, Any] | None = None
+                 ) -> dict[gr.components.Component, Any]:
+    """Component -> value for every field of the infotext the tab has a control for; `changes` replace
+    values (None: the field is left as it is)."""
     if not infotext:
         return {}
     values = infotext_values(infotext)
+    for name, value in (changes or {}).items():
+        if value is None:
+            values.pop(name, None)
+        else:
+            values[name] = value
     if values.get("sampler_name") not in SAMPLER_NAMES:
         values.pop("sampler_name", None)
     if values.get("scheduler") not in SCHEDULE_TYPES:
@@ -64,9 +71,21 @@ def image_value(tab: GenerationTab, image: Image.Image) -> Any:
     return image
 
 
+def gallery_changes(image: Image.Image | None, send_seed: bool, send_size: bool) -> dict[str, Any]:
+    """What a send from a result gallery changes, by A1111's settings send_seed and send_size: the seed
+    stays behind when send_seed is off; the size sent is the picture's own, or none with send_size off."""
+    changes: dict[str, Any] = {} if send_seed else {"seed": None}
+    if send_size and image is not None:
+        changes.update(width=image.width, height=image.height)
+    elif not send_size:
+        changes.update(width=None, height=None)
+    return changes
+
+
 def wire_send_to(button: gr.Button, inputs: list[gr.components.Component], source: Callable[..., Source],
-                 target: GenerationTab, tabs: gr.Tabs) -> None:
-    """On click: put the source's picture and parameters into `target` and switch to its tab."""
+                 target: GenerationTab, tabs: gr.Tabs, rules: Callable[[], tuple[bool, bool]] | None = None) -> None:
+    """On click: put the source's picture and parameters into `target` and switch to its tab. `rules`: for
+    sends from a result gallery, the settings (send_seed, send_size) in force."""
     outputs: list[Any] = [tabs, *target.paste_fields().values()]
     if target.controlnet is not None:
         outputs.extend(target.controlnet.paste_targets())
@@ -79,7 +98,7 @@ def wire_send_to(button: gr.Button, inputs: list[gr.components.Component], sourc
             gr.Warning("Nothing to send yet: generate or drop in a picture first.")
             return {}
         update: dict[Any, Any] = {tabs: gr.Tabs(selected=target.mode)}
-        update.update(paste_values(target, text))
+        update.update(paste_values(target, text, gallery_changes(image, *rules()) if rules else None))
         if target.image is not None and image is not None:
             update[target.image] = image_value(target, image)
         return update

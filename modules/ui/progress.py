@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
@@ -120,6 +120,8 @@ def run_with_progress(ctx: AppContext, make_params: Callable[[], GenerationParam
         yield {out.progress: "", out.preview: hide_preview, out.message: error_html(describe_exception(box["error"]))}
         return
     result: GenerationResult = box["result"]
+    if ctx.options.options.do_not_show_images:  # A1111's "Do not show any images in gallery": saved, not shown
+        result = replace(result, images=[], detected_maps=[])
     yield {
         out.gallery: gr.Gallery(value=gallery_images(result), selected_index=0 if result.images else None),
         out.preview: hide_preview,

@@ -84,6 +84,9 @@ SECTIONS: tuple[Section, ...] = (
     )),
     Section("User interface", (
         Setting("return_grid", "Show grid in gallery", info="the API returns the grid first"),
+        Setting("do_not_show_images", "Do not show any images in gallery", info="they are still saved"),
+        Setting("send_seed", "Send seed when sending prompt or image to other interface"),
+        Setting("send_size", "Send size when sending prompt or image to another interface"),
     )),
     Section("Live previews", (
         Setting("live_previews_enable", "Show live previews of the created image"),
