@@ -171,6 +171,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction, parents: Sequence[ar
                                 "(true, 31337, 0.5, \"text\"; plain text also works); repeatable, e.g. "
                                 "--override-settings sgm_noise_multiplier=true --override-settings "
                                 "eta_noise_seed_delta=31337")
+        group.add_argument("--script", metavar="NAME", default=None,
+                           help="run a script as the tab's Script menu does: \"X/Y/Z plot\", \"Prompt matrix\""
+                                + (", \"SD upscale\"" if mode != "txt2img" else ""))
+        group.add_argument("--script-arg", dest="script_args", action="append", default=[], metavar="KEY=VALUE",
+                           help="a value of the script, by the names of A1111's API (/sdapi/v1/script-info), "
+                                "repeatable, e.g. --script-arg x_type=Steps --script-arg x_values=10,20,30")
         parser.set_defaults(mode=mode)
     from modules.models.merge_cli import add_merge_parser
     from modules.training.lora.cli import add_train_lora_parser  # light: torch loads when it runs
@@ -214,25 +220,32 @@ def _choice(value: str, allowed: tuple[str, ...]) -> str:
     return text.lower()  # anything else is checked (and refused with the list) by validate()
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`KEY=VALUE` strings to checked settings (a UserError names a malformed item, an unknown key
-    or a value of the wrong type)."""
+def _key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
+    """`KEY=VALUE` strings to a dict; VALUE is JSON where it parses (true, 3, 0.5), else plain text."""
     import json
 
     from modules.errors import UserError
-    from modules.options import checked_changes
 
-    changes: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--override-settings {item!r}: write KEY=VALUE, e.g. sgm_noise_multiplier=true.")
+            raise UserError(f"{flag} {item!r}: write KEY=VALUE, e.g. {flag} "
+                            + ("sgm_noise_multiplier=true." if flag == "--override-settings" else "x_type=Steps."))
         try:
             value = json.loads(text)
         except ValueError:
-            value = text  # plain text for string settings, e.g. sd_vae=my.safetensors
-        changes[key.strip()] = value
-    return checked_changes(changes)
+            value = text  # plain text for string values, e.g. sd_vae=my.safetensors
+        values[key.strip()] = value
+    return values
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings to checked settings (a UserError names a malformed item, an unknown key
+    or a value of the wrong type)."""
+    from modules.options import checked_changes
+
+    return checked_changes(_key_values(items, "--override-settings"))
 
 
 def build_params(args: argparse.Namespace) -> GenerationParams:
@@ -307,12 +320,20 @@ def run(ctx: AppContext, args: argparse.Namespace) -> int:
                                                      "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_grids")},
                                save=False)
         start = time.perf_counter()
-        result = ctx.generate(params)
-        if not result.paths:
+        if getattr(args, "script", None):
+            from modules.scripts.registry import find_script, run_script
+
+            script = find_script(args.script, args.mode)
+            result = run_script(ctx, script, params, script.parse_args(_key_values(args.script_args, "--script-arg")))
+        else:
+            if getattr(args, "script_args", None):
+                raise UserError("--script-arg needs --script NAME (e.g. --script \"X/Y/Z plot\").")
+            result = ctx.generate(params)
+        if not result.paths and result.grid_path is None:
             raise UserError("No image was made." if not result.interrupted else "Interrupted before any image was made.")
         log.info("%d image(s) in %.1fs, seeds %s, saved under %s", len(result.paths), time.perf_counter() - start,
                  ", ".join(map(str, result.seeds)), ctx.outdir)
-    for path in result.paths:
+    for path in ([result.grid_path] if result.grid_path else []) + result.paths:
         print(path, file=real_stdout)
     real_stdout.flush()
     return 0

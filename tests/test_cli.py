@@ -222,6 +222,21 @@ def test_vae_flag_is_used_whatever_the_settings_say(webui_main, capsys: pytest.C
     assert "sd_vae" not in fields
 
 
+def test_script_flag_runs_an_xyz_plot(webui_main, capsys: pytest.CaptureFixture[str], files: dict[str, Path],
+                                      tmp_path: Path) -> None:
+    args = ["txt2img", "--ckpt", str(files["ckpt"]), "--data-dir", str(tmp_path / "data"), "--seed", "4", *FAST,
+            "--script", "X/Y/Z plot", "--script-arg", "x_type=Steps", "--script-arg", "x_values=1,2",
+            "--script-arg", "y_type=6", "--script-arg", "y_values=3,5"]  # 6: CFG Scale in A1111's txt2img list
+    assert webui_main(args) == 0
+    grid, *cells = [Path(line) for line in capsys.readouterr().out.split()]
+    assert "txt2img-grids" in grid.parts and Image.open(grid).size[0] >= 128
+    fields = [_fields(cell)[2] for cell in cells]
+    assert [(f["steps"], f["cfg_scale"]) for f in fields] == [(1, 3.0), (2, 3.0), (1, 5.0), (2, 5.0)]
+    assert {f["seed"] for f in fields} == {4}
+    assert webui_main([*args[:-10], "--script-arg", "x_type=Steps"]) == 2
+    _one_error_line(capsys.readouterr().err, "--script-arg needs --script NAME")
+
+
 def test_unreadable_init_image_names_the_file(webui_main, capsys: pytest.CaptureFixture[str],
                                               files: dict[str, Path], tmp_path: Path) -> None:
     broken = tmp_path / "broken.png"

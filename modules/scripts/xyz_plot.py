@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -206,6 +207,7 @@ class XYZPlot(Script):
         texts: list[str] = []
         seeds: list[int] = []
         grids: list[Image.Image] = []
+        paths: list[Path] = []
         last: GenerationResult | None = None
         for iz, z in enumerate(zs):
             rows = []
@@ -225,6 +227,7 @@ class XYZPlot(Script):
                     images.append(picture)
                     texts.append(last.infotexts[0])
                     seeds.append(last.seeds[0])
+                    paths += last.paths
                 if row:
                     rows.append(row)
                 if last is not None and last.interrupted:
@@ -244,7 +247,7 @@ class XYZPlot(Script):
         else:
             grid = grids[0]
         result = GenerationResult(images=[grid], infotexts=[texts[0]], seeds=[seeds[0]], params=params,
-                                  interrupted=bool(last and last.interrupted), grids=1)
+                                  interrupted=bool(last and last.interrupted), grids=1, paths=paths)
         if args["include_sub_grids"] and len(grids) > 1:
             result.images += grids
             result.infotexts += [texts[0]] * len(grids)
