@@ -189,6 +189,7 @@ def sampler_settings(options: Options) -> SamplerSettings:
         always_discard_next_to_last_sigma=options.always_discard_next_to_last_sigma,
         img2img_fix_steps=options.img2img_fix_steps, initial_noise_multiplier=options.initial_noise_multiplier,
         eta_ancestral=options.eta_ancestral, eta_ddim=options.eta_ddim, randn_source=options.randn_source,
-        img2img_upscaler=options.upscaler_for_img2img or "",
+        img2img_upscaler=options.upscaler_for_img2img or "", s_churn=options.s_churn, s_tmin=options.s_tmin,
+        s_tmax=options.s_tmax, s_noise=options.s_noise,
         schedule=ScheduleSettings(rho=options.rho, beta_alpha=options.beta_dist_alpha,
                                   beta_beta=options.beta_dist_beta))

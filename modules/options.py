@@ -70,6 +70,11 @@ class Options:
     always_discard_next_to_last_sigma: bool = False
     eta_ancestral: float = 1.0  # Euler a's step noise (0 = none); a request's `eta` wins
     eta_ddim: float = 0.0  # DDIM's eta (0 = deterministic); a request's `eta` wins
+    # Euler's sigma churn (k-diffusion's): noise added before each step within [s_tmin, s_tmax] (0 = no limit).
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0
+    s_noise: float = 1.0
     rho: float = 0.0  # Karras / Polyexponential rho; 0 = the schedule's own (7 / 1)
     beta_dist_alpha: float = 0.6  # Beta schedule
     beta_dist_beta: float = 0.6
@@ -103,7 +108,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "jpeg_quality": (1, 100), "show_progress_every_n_steps": (1, 1000), "default_steps": (1, 150),
     "CLIP_stop_at_last_layers": (1, 12), "control_net_unit_count": (1, 10), "code_former_weight": (0.0, 1.0),
     "initial_noise_multiplier": (0.0, 1.5), "rho": (0.0, 100.0), "queue_max_attempts": (1, 100),
-    "eta_ancestral": (0.0, 1.0), "eta_ddim": (0.0, 1.0),
+    "eta_ancestral": (0.0, 1.0), "eta_ddim": (0.0, 1.0), "s_churn": (0.0, 100.0), "s_tmin": (0.0, 10.0),
+    "s_tmax": (0.0, 999.0), "s_noise": (0.0, 1.1),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "samples_format": ("png", "jpg", "jpeg", "webp"), "randn_source": ("GPU", "CPU", "NV"), "face_restoration_model": ("CodeFormer", "GFPGAN"),

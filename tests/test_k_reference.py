@@ -234,3 +234,38 @@ def test_euler_ancestral_eta_equals_the_k_diffusion_loop(registry: ModelRegistry
     fields = parse_infotext(result.infotexts[0])[2]
     assert float(fields["Eta"]) == eta if eta != 1.0 else "Eta" not in fields  # A1111 writes it when not 1
     assert fields.get("RNG") == (source if source != "GPU" else None)
+
+
+@pytest.mark.parametrize(("churn", "tmin", "tmax", "s_noise"), [(0.5, 0.0, 0.0, 1.0), (3.0, 1.0, 5.0, 0.9)])
+def test_euler_sigma_churn_equals_the_k_diffusion_loop(registry: ModelRegistry, churn: float, tmin: float,
+                                                       tmax: float, s_noise: float) -> None:
+    from modules.processing.infotext import parse_infotext
+    from modules.sampling.samplers import SamplerSettings
+
+    settings = SamplerSettings(s_churn=churn, s_tmin=tmin, s_tmax=tmax, s_noise=s_noise, randn_source="CPU")
+    result, contexts = _generate_capturing(registry, Txt2ImgParams(
+        prompt="a red square", negative_prompt="blue", sampler="Euler", steps=STEPS, cfg_scale=CFG, seed=SEED,
+        width=SIDE, height=SIDE, save=False), sampling=settings)
+    denoise, shape = _denoiser(registry, contexts[0]), (4, SIDE // 8, SIDE // 8)
+    sigmas = expected("Uniform", STEPS)
+    # k-diffusion's sample_euler; the churn noise from the image's generator after its start noise.
+    generator = torch.Generator().manual_seed(SEED)
+    x = torch.randn(shape, generator=generator).unsqueeze(0) * sigmas[0]
+    churned = 0
+    for i in range(STEPS):
+        inside = tmin <= sigmas[i] <= (tmax or math.inf)
+        gamma = min(churn / STEPS, 2**0.5 - 1) if inside else 0.0
+        sigma_hat = sigmas[i] * (gamma + 1)
+        if gamma > 0:
+            churned += 1
+            eps = torch.randn(shape, generator=generator).unsqueeze(0) * s_noise
+            x = x + eps * math.sqrt(sigma_hat**2 - sigmas[i] ** 2)
+        x = x + (x - denoise(x, sigma_hat)) / sigma_hat * (sigmas[i + 1] - sigma_hat)
+    assert 0 < churned <= STEPS
+    reference = np.asarray(decode_latents(registry.load(registry.checkpoints[0].name), x)[0], dtype=np.int16)
+    picture = np.asarray(result.images[0], dtype=np.int16)
+    assert np.abs(reference - picture).max() <= 1, np.abs(reference - picture).max()
+    fields = parse_infotext(result.infotexts[0])[2]
+    assert float(fields["Sigma churn"]) == churn and float(fields.get("Sigma noise", 1.0)) == s_noise
+    plain, _ = _product(registry, "Euler", "Automatic")
+    assert np.abs(plain - picture).max() > 2  # the churn changed the picture

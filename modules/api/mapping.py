@@ -212,6 +212,8 @@ def _common(ctx: AppContext, req: GenerationRequest) -> dict[str, Any]:
     if req.eta is not None:
         # A1111's p.eta: the eta of whichever sampler runs (Euler a's ancestral or DDIM's), over the settings.
         settings.update(checked_changes({"eta_ancestral": req.eta, "eta_ddim": req.eta}))
+    settings.update(checked_changes({key: getattr(req, key) for key in ("s_churn", "s_tmin", "s_tmax", "s_noise")
+                                     if getattr(req, key) is not None}))
     save = req.save_images and not req.do_not_save_samples
     return {
         "prompt": req.prompt, "negative_prompt": req.negative_prompt, "sampler": sampler,

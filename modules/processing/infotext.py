@@ -154,6 +154,10 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Eta": ("eta_ancestral", _float),
     "Eta DDIM": ("eta_ddim", _float),
     "RNG": ("randn_source", _str),
+    "Sigma churn": ("s_churn", _float),
+    "Sigma tmin": ("s_tmin", _float),
+    "Sigma tmax": ("s_tmax", _float),
+    "Sigma noise": ("s_noise", _float),
     "Refiner": ("refiner_checkpoint", _str),
     "Refiner switch at": ("refiner_switch_at", _float),
     "Mask blur": ("mask_blur", _int),
@@ -162,7 +166,7 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
 # them as that request's override_settings (A1111's infotext_to_setting_name_mapping).
 SETTING_FIELDS = ("eta_noise_seed_delta", "sgm_noise_multiplier", "always_discard_next_to_last_sigma", "rho",
                   "beta_dist_alpha", "beta_dist_beta", "initial_noise_multiplier", "sd_vae",
-                  "eta_ancestral", "eta_ddim", "randn_source")
+                  "eta_ancestral", "eta_ddim", "randn_source", "s_churn", "s_tmin", "s_tmax", "s_noise")
 _SIZES = {"Size": ("width", "height"), "Seed resize from": ("seed_resize_from_w", "seed_resize_from_h"),
           "Hires resize": ("hr_resize_x", "hr_resize_y")}
 

@@ -39,6 +39,7 @@ from modules.processing.output import OutputSettings
 from modules.processing.params import GenerationParams, Img2ImgParams, InpaintParams, OutpaintParams
 from modules.processing.preview import latent_preview
 from modules.processing.tiling import circular_padding
+from modules.sampling.churn import ChurnEulerScheduler
 from modules.sampling.k_schedulers import start_noise_scale
 from modules.sampling.noise import initial_noise, resolve_seed, step_generators
 from modules.sampling.samplers import (
@@ -434,6 +435,8 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
                 unet_inputs = (id(stage), id(cond), id(uncond))
                 dtype = next(stage.model.unet.parameters()).dtype
                 context, added = _unet_conditioning(stage.model, params, cond, uncond, device, dtype)
+            if isinstance(scheduler, ChurnEulerScheduler):  # sigma churn: noise before the model call
+                latents, t = scheduler.churn(latents, t, generators)
             x_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
             if inpaint_extra is not None:
                 x_in = torch.cat([x_in, inpaint_extra], dim=1)

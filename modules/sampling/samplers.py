@@ -46,7 +46,6 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     DPMSolverSDEScheduler,
     DPMSolverSinglestepScheduler,
-    EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
@@ -58,6 +57,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from modules.errors import UserError
+from modules.sampling.churn import ChurnEulerScheduler
 from modules.sampling.eta import EtaDDIMScheduler, EtaEulerAncestralScheduler
 from modules.sampling.k_schedulers import k_scheduler_class
 from modules.sampling.philox import PhiloxNormal
@@ -147,7 +147,7 @@ _K_MULTISTEP = (("lower_order_final", False), ("euler_at_final", False), ("final
 _RECIPES: dict[str, _Recipe] = {
     "Euler a": _Recipe(EtaEulerAncestralScheduler, (*_K_STYLE.items(),),
                        ("k_euler_a", "k_euler_ancestral", "euler_a", "euler_ancestral"), True, uses_ensd=True),
-    "Euler": _Recipe(EulerDiscreteScheduler, (*_K_STYLE.items(),), ("k_euler",), False),
+    "Euler": _Recipe(ChurnEulerScheduler, (*_K_STYLE.items(),), ("k_euler",), False),
     "LMS": _Recipe(LMSDiscreteScheduler, (*_K_STYLE.items(),), ("k_lms",), False),
     "Heun": _Recipe(HeunDiscreteScheduler, (*_K_STYLE.items(),), ("k_heun",), False),
     "DPM2": _Recipe(KDPM2DiscreteScheduler, (*_K_STYLE.items(),), ("k_dpm_2", "dpm_2"), False, "Karras",
@@ -216,7 +216,8 @@ def list_samplers() -> list[SamplerInfo]:
 def draws_step_noise(name: str, settings: SamplerSettings) -> bool:
     """Whether `name` adds fresh noise at its steps under `settings` (then it needs per-image generators)."""
     canonical, _ = validate_sampler(name)
-    return _RECIPES[canonical].stochastic or (canonical == "DDIM" and settings.eta_ddim > 0)
+    return (_RECIPES[canonical].stochastic or (canonical == "DDIM" and settings.eta_ddim > 0)
+            or (canonical == "Euler" and settings.s_churn > 0))
 
 
 def sampler_info(name: str) -> SamplerInfo:
@@ -308,6 +309,11 @@ class SamplerSettings:
     eta_ddim: float = 0.0  # DDIM's eta (above 0 it draws step noise)
     randn_source: str = "GPU"  # A1111's random number source: GPU, CPU or NV (sampling/noise.py)
     img2img_upscaler: str = ""  # enlarges small img2img pictures (A1111's upscaler_for_img2img); "": Lanczos
+    # Euler's sigma churn (k-diffusion's s_churn, s_tmin, s_tmax with 0 = none, s_noise): off at s_churn 0.
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0
+    s_noise: float = 1.0
     schedule: ScheduleSettings = ScheduleSettings()
 
     def infotext_fields(self, sampler: str, schedule_type: str = "Automatic") -> dict[str, object]:
@@ -324,6 +330,11 @@ class SamplerSettings:
             fields["Eta"] = self.eta_ancestral
         if recipe.cls is EtaDDIMScheduler and self.eta_ddim != 0.0:
             fields["Eta DDIM"] = self.eta_ddim
+        if recipe.cls is ChurnEulerScheduler:
+            for label, value, default in (("Sigma churn", self.s_churn, 0.0), ("Sigma tmin", self.s_tmin, 0.0),
+                                          ("Sigma tmax", self.s_tmax, 0.0), ("Sigma noise", self.s_noise, 1.0)):
+                if value != default:
+                    fields[label] = value
         if not recipe.k_diffusion:
             return fields
         if self.sgm_noise_multiplier:
@@ -383,6 +394,9 @@ def make_scheduler(
     scheduler = cls(**{k: v for k, v in config.items() if k in _init_params(recipe.cls)})
     if isinstance(scheduler, EtaEulerAncestralScheduler):
         scheduler.eta = settings.eta_ancestral
+    if isinstance(scheduler, ChurnEulerScheduler):
+        scheduler.s_churn, scheduler.s_tmin = settings.s_churn, settings.s_tmin
+        scheduler.s_tmax, scheduler.s_noise = settings.s_tmax, settings.s_noise
     scheduler.configure(training_sigmas(config, is_sdxl), schedule,
                         recipe.discard_penultimate or settings.always_discard_next_to_last_sigma,
                         settings.schedule)
