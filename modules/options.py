@@ -43,6 +43,7 @@ class Options:
     outdir_grids: str = ""
     outdir_txt2img_grids: str = ""
     outdir_img2img_grids: str = ""
+    outdir_save: str = ""  # the results' Save button; empty: log/images
     # Infotext: written into the files, and with which model fields.
     enable_pnginfo: bool = True
     add_model_hash_to_info: bool = True

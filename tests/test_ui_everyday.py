@@ -124,3 +124,30 @@ def test_do_not_show_images_saves_without_showing(ctx: AppContext) -> None:
     assert gallery.value == []
     assert final[tab.outputs.infotext].startswith("a dot")
     assert len(set(ctx.output("txt2img").samples_dir.rglob("*.png")) - before) == 1
+
+
+def test_save_button_keeps_the_selected_picture_with_a_log(ctx: AppContext) -> None:
+    import csv
+
+    from modules.images import read_infotext
+
+    with gr.Blocks() as demo:
+        tab = build_generation_tab(ctx, "txt2img", 64)
+    (generate,) = [f for f in demo.fns.values() if f.api_name == "txt2img"]
+    (save,) = [f for f in demo.fns.values() if f.fn.__name__ == "on_save"]
+    data = {c: (c.value() if callable(c.value) else c.value) for c in generate.inputs}
+    data.update({tab.prompt: "a dot", tab.negative_prompt: "blue", tab.steps: 1, tab.width: 64, tab.height: 64,
+                 tab.batch_size: 2, tab.seed: 40})
+    state = list(generate.fn(data))[-1][tab.outputs.result]
+    message, _ = save.fn(None)
+    assert "Nothing to save" in message
+    message, file = save.fn({**state, "index": 1})  # the second picture is the one selected
+    [path] = (ctx.paths.data_dir / "log" / "images").rglob("*.png")
+    assert f"Saved: {path.name}" in message and file.visible  # offered for download too
+    assert read_infotext(path) == state["infotexts"][1] and "Seed: 41" in read_infotext(path)
+    with open(path.parents[1] / "log.csv", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    # A1111's log.csv columns, one row per saved picture.
+    assert rows[0] == ["prompt", "seed", "width", "height", "sampler", "cfgs", "steps", "filename",
+                       "negative_prompt", "sd_model_name", "sd_model_hash"]
+    assert rows[1][:3] == ["a dot", "41", "64"] and rows[1][7] == path.name and rows[1][8] == "blue"

@@ -62,6 +62,11 @@ def grids_dir(options: Options, mode: str, outputs: Path, data_dir: Path) -> Pat
     return _folder(options.outdir_grids, data_dir) or _folder(tab, data_dir) or outputs / f"{mode}-grids"
 
 
+def save_dir(options: Options, data_dir: Path) -> Path:
+    """Where the results' Save button puts pictures (A1111's outdir_save, default log/images)."""
+    return _folder(options.outdir_save, data_dir) or data_dir / "log" / "images"
+
+
 def extras_dir(options: Options, outputs: Path, data_dir: Path) -> Path:
     return _folder(options.outdir_extras_samples, data_dir) or outputs / "extras-images"
 

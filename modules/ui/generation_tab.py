@@ -24,6 +24,7 @@ from modules.ui.controlnet_ui import ControlNetPanel, build_controlnet
 from modules.ui.hooks import ScriptControls, ScriptHook, apply_scripts
 from modules.ui.networks import build_networks_panel
 from modules.ui.progress import ProgressOutputs, run_with_progress
+from modules.ui.save_button import wire_save_button
 from modules.ui.scripts_ui import ScriptSelector, build_script_selector
 
 SIZE_SLIDER_MAX = 2048  # A1111's slider range
@@ -148,9 +149,11 @@ def build_generation_tab(ctx: AppContext, mode: str, default_size: int,
             gallery = gr.Gallery(label="Output", elem_id=f"{mode}_gallery", columns=4, height=420,
                                  format="png", interactive=False, object_fit="contain", preview=True)
             with gr.Row():
+                save = gr.Button("💾 Save", size="sm", elem_id=f"{mode}_save", min_width=60)
                 send_to = {target: gr.Button(f"Send to {modes.MODE_LABELS[target]}", size="sm",
                                              elem_id=f"{mode}_send_to_{target}")
                            for target in ("img2img", "inpaint", "outpaint")}
+            saved_file = gr.File(label="Saved file", visible=False, interactive=False, elem_id=f"{mode}_saved_file")
             infotext = gr.Textbox(label="Generation info", interactive=False, lines=4, elem_id=f"{mode}_info",
                                   buttons=["copy"])
             message = gr.HTML("", elem_id=f"{mode}_message")
@@ -165,6 +168,7 @@ def build_generation_tab(ctx: AppContext, mode: str, default_size: int,
                         send_to=send_to, controlnet=controlnet)
     _wire(ctx, tab, script_controls, seed_row.reuse, script_selector)
     _wire_enqueue(ctx, tab, enqueue, script_controls, script_selector)
+    wire_save_button(ctx, save, result, message, saved_file)
     return tab
 
 

@@ -49,6 +49,7 @@ SECTIONS: tuple[Section, ...] = (
         Setting("outdir_grids", "Output directory for grids; if empty, defaults to two directories below"),
         Setting("outdir_txt2img_grids", "Output directory for txt2img grids"),
         Setting("outdir_img2img_grids", "Output directory for img2img grids"),
+        Setting("outdir_save", "Directory for saving images using the Save button", info="empty: log/images"),
     )),
     Section("Stable Diffusion", (
         Setting("default_sampler", "Default sampling method"),
