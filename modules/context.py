@@ -28,6 +28,7 @@ from modules.processing.control import GenerationControl
 from modules.processing.output import OutputSettings, extras_dir, output_settings
 from modules.processing.params import GenerationParams
 from modules.processing.run import GenerationResult, ImageHook, generate
+from modules.processing.token_merging import token_merging_ratios
 from modules.queue.runner import QueueRunner
 from modules.sampling.samplers import SamplerSettings
 from modules.sampling.schedules import ScheduleSettings
@@ -158,9 +159,11 @@ class AppContext:
         faces = self.face_step(params, options)
         if not options.samples_save:  # A1111's "Always save all generated images" off
             params = replace(params, save=False)
+        first, hires_ratio = token_merging_ratios(options, params.override_settings, params.mode != "txt2img")
+        sampling = replace(sampler_settings(options), token_merging=first, token_merging_hr=hires_ratio)
         return generate(self.styles.apply_to(params), self.registry, None, self.control, self.image_hooks,
                         lora_dir=self.paths.lora_dir, embeddings_dir=self.paths.embeddings_dir,
-                        upscalers=self.upscalers, sampling=sampler_settings(options), controlnets=self.controlnets,
+                        upscalers=self.upscalers, sampling=sampling, controlnets=self.controlnets,
                         auto_vae_precision=options.auto_vae_precision, restore_faces=faces,
                         output=self.output(params.mode, options), on_saved=on_saved,
                         vae=self.vae_choice(options))

@@ -56,6 +56,11 @@ class Options:
     do_not_show_images: bool = False
     # img2img: the noise added to the picture is multiplied by this (A1111's "Noise multiplier for img2img").
     initial_noise_multiplier: float = 1.0
+    # Token merging (tomesd): the share of tokens merged in full-resolution self-attention; faster, less
+    # detail. 0 = off; img2img's and the hires. fix pass's own ratios fall back to token_merging_ratio.
+    token_merging_ratio: float = 0.0
+    token_merging_ratio_img2img: float = 0.0
+    token_merging_ratio_hr: float = 0.0
     # img2img: the upscaler that enlarges a picture smaller than the size asked (empty: Lanczos).
     upscaler_for_img2img: str = ""
     live_previews_enable: bool = True
@@ -110,7 +115,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "CLIP_stop_at_last_layers": (1, 12), "control_net_unit_count": (1, 10), "code_former_weight": (0.0, 1.0),
     "initial_noise_multiplier": (0.0, 1.5), "rho": (0.0, 100.0), "queue_max_attempts": (1, 100),
     "eta_ancestral": (0.0, 1.0), "eta_ddim": (0.0, 1.0), "s_churn": (0.0, 100.0), "s_tmin": (0.0, 10.0),
-    "s_tmax": (0.0, 999.0), "s_noise": (0.0, 1.1),
+    "s_tmax": (0.0, 999.0), "s_noise": (0.0, 1.1), "token_merging_ratio": (0.0, 0.9),
+    "token_merging_ratio_img2img": (0.0, 0.9), "token_merging_ratio_hr": (0.0, 0.9),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "samples_format": ("png", "jpg", "jpeg", "webp"), "randn_source": ("GPU", "CPU", "NV"), "face_restoration_model": ("CodeFormer", "GFPGAN"),

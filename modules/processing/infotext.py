@@ -158,6 +158,8 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Sigma tmin": ("s_tmin", _float),
     "Sigma tmax": ("s_tmax", _float),
     "Sigma noise": ("s_noise", _float),
+    "Token merging ratio": ("token_merging_ratio", _float),
+    "Token merging ratio hr": ("token_merging_ratio_hr", _float),
     "Refiner": ("refiner_checkpoint", _str),
     "Refiner switch at": ("refiner_switch_at", _float),
     "Mask blur": ("mask_blur", _int),
@@ -166,7 +168,8 @@ _KNOWN: dict[str, tuple[str, Callable[[str], Any]]] = {
 # them as that request's override_settings (A1111's infotext_to_setting_name_mapping).
 SETTING_FIELDS = ("eta_noise_seed_delta", "sgm_noise_multiplier", "always_discard_next_to_last_sigma", "rho",
                   "beta_dist_alpha", "beta_dist_beta", "initial_noise_multiplier", "sd_vae",
-                  "eta_ancestral", "eta_ddim", "randn_source", "s_churn", "s_tmin", "s_tmax", "s_noise")
+                  "eta_ancestral", "eta_ddim", "randn_source", "s_churn", "s_tmin", "s_tmax", "s_noise",
+                  "token_merging_ratio", "token_merging_ratio_hr")
 _SIZES = {"Size": ("width", "height"), "Seed resize from": ("seed_resize_from_w", "seed_resize_from_h"),
           "Hires resize": ("hr_resize_x", "hr_resize_y")}
 

@@ -39,6 +39,7 @@ from modules.processing.output import OutputSettings
 from modules.processing.params import GenerationParams, Img2ImgParams, InpaintParams, OutpaintParams
 from modules.processing.preview import latent_preview
 from modules.processing.tiling import circular_padding
+from modules.processing.token_merging import token_merging
 from modules.sampling.churn import ChurnEulerScheduler
 from modules.sampling.k_schedulers import start_noise_scale
 from modules.sampling.noise import initial_noise, resolve_seed, step_generators
@@ -190,6 +191,11 @@ def generate(params: GenerationParams, registry: ModelRegistry, outdir: Path | N
                         **(refiner.infotext_fields() if refiner else {})}
         if params.tiling:
             extra_fields["Tiling"] = True
+        # A1111 writes the ratios in force (the hires one when hires. fix runs).
+        if sampling.token_merging:
+            extra_fields["Token merging ratio"] = sampling.token_merging
+        if hr is not None and sampling.token_merging_hr:
+            extra_fields["Token merging ratio hr"] = sampling.token_merging_hr
         if pixels.init is not None and sampling.initial_noise_multiplier != 1.0:
             extra_fields["Noise multiplier"] = sampling.initial_noise_multiplier
         # ControlNet: every unit's model loaded and checked and its map detected, once per request.
@@ -424,7 +430,8 @@ def _run_batch(job: _Job, params: GenerationParams, pixels: _Pixels, seeds: list
     control.begin_batch(batch_index, len(timesteps))
     progress = tqdm(total=len(timesteps), desc=f"{params.mode} batch {batch_index + 1}/{params.batch_count}",
                     leave=False, dynamic_ncols=True)
-    with torch.no_grad():
+    ratio = job.sampling.token_merging_hr if second_pass else job.sampling.token_merging
+    with torch.no_grad(), token_merging([s.model.unet for s in stages], ratio):
         for i, t in enumerate(timesteps):
             if control.should_stop_batch():
                 break

@@ -314,6 +314,9 @@ class SamplerSettings:
     s_tmin: float = 0.0
     s_tmax: float = 0.0
     s_noise: float = 1.0
+    # Token merging ratios of the first and the hires. fix pass (processing/token_merging.py; 0 = off).
+    token_merging: float = 0.0
+    token_merging_hr: float = 0.0
     schedule: ScheduleSettings = ScheduleSettings()
 
     def infotext_fields(self, sampler: str, schedule_type: str = "Automatic") -> dict[str, object]:

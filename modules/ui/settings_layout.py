@@ -56,6 +56,12 @@ SECTIONS: tuple[Section, ...] = (
         Setting("default_scheduler", "Default schedule type"),
         Setting("default_steps", "Default sampling steps", minimum=1, maximum=MAX_STEPS),
         Setting("CLIP_stop_at_last_layers", "Clip skip", minimum=1, maximum=12),
+        Setting("token_merging_ratio", "Token merging ratio", minimum=0.0, maximum=0.9, step=0.1,
+                info="0 = off; faster, less detail"),
+        Setting("token_merging_ratio_img2img", "Token merging ratio for img2img", minimum=0.0, maximum=0.9, step=0.1,
+                info="only applies if non-zero; overrides the above"),
+        Setting("token_merging_ratio_hr", "Token merging ratio for high-res pass", minimum=0.0, maximum=0.9,
+                step=0.1, info="only applies if non-zero; overrides the above"),
     )),
     Section("VAE", (
         Setting("sd_vae", "SD VAE", info="Automatic = a VAE named after the checkpoint, else its own; None = its own"),
