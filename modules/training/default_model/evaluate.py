@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from modules.models.registry import ModelRegistry
 from modules.processing.params import Txt2ImgParams
 from modules.processing.run import generate
+from modules.sampling.samplers import SamplerSettings
 from modules.training.default_model.data import COLOURS, HELD_OUT_PAIRS, SHAPES, caption_for
 from modules.training.default_model.judge import judge
 
@@ -49,12 +50,13 @@ def cases(held_out: bool, seeds: Iterable[int], every: int = 1) -> list[Case]:
 
 
 def evaluate(registry: ModelRegistry, items: list[Case], steps: int = 20, cfg_scale: float = 7.0,
-             sampler: str = "DPM++ 2M") -> list[Outcome]:
+             sampler: str = "DPM++ 2M", sampling: SamplerSettings | None = None) -> list[Outcome]:
+    """Each case generated and judged; `sampling`: sampler settings (token merging, ...) other than the defaults."""
     outcomes = []
     for case in items:
         params = Txt2ImgParams(prompt=case.prompt, steps=steps, cfg_scale=cfg_scale, sampler=sampler,
                                seed=case.seed, save=False)
-        image = generate(params, registry).images[0]
+        image = generate(params, registry, sampling=sampling).images[0]
         v = judge(image)
         outcomes.append(Outcome(case, v.foreground == case.fg, v.shape == case.shape, v.background == case.bg,
                                 f"{v.foreground} {v.shape} on {v.background}"))
