@@ -176,7 +176,11 @@ class ModelRegistry:
             else:
                 if self._base_vae is None:
                     self._base_vae = vae_weights(model)
-                load_vae_file(wanted.path, model)
+                try:
+                    load_vae_file(wanted.path, model)
+                except Exception:
+                    restore_vae_weights(model, self._base_vae)  # a file that failed half-way leaves nothing
+                    raise
                 log.info("VAE: %s (%s)", wanted.path.name, wanted.source)
             return wanted
 
