@@ -150,3 +150,24 @@ def test_options_api_switches_the_vae_of_the_loaded_model(ctx: AppContext) -> No
         assert client.post("/sdapi/v1/options", json={"sd_vae": "Automatic"}).status_code == 200
     assert ctx.registry.current().vae_path is None
     assert np.array_equal(_picture(ctx)[0], own)
+
+
+def test_a_vae_file_that_does_not_fit_is_refused_and_changes_nothing(ctx: AppContext) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from modules.errors import CheckpointError
+
+    own, _ = _picture(ctx)
+    bad = ctx.paths.vae_dir / "bad.safetensors"
+    state = load_file(str(ctx.paths.vae_dir / "mse.safetensors"))
+    key = sorted(k for k in state if k.startswith("decoder.") and k.endswith(".weight"))[-1]
+    state[key] = state[key][..., :1].contiguous()  # one tensor of the wrong shape, late in the file
+    save_file(state, str(bad))
+    ctx.registry.refresh()
+    try:
+        with pytest.raises(CheckpointError, match="bad.safetensors does not fit this model's VAE"):
+            _picture(ctx, sd_vae="bad.safetensors")
+    finally:
+        bad.unlink()
+        ctx.registry.refresh()
+    assert np.array_equal(_picture(ctx)[0], own)

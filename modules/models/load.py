@@ -215,6 +215,12 @@ def restore_vae_weights(model: SDModel, weights: dict[str, torch.Tensor]) -> Non
 
 
 def _set_vae_weights(model: SDModel, converted: dict[str, torch.Tensor], source: str) -> None:
+    expected = {key: tuple(value.shape) for key, value in model.vae.state_dict().items()}
+    wrong = [key for key, value in converted.items() if key in expected and tuple(value.shape) != expected[key]]
+    if wrong:
+        raise CheckpointError(f"{source} does not fit this model's VAE: {wrong[0]} has shape "
+                              f"{tuple(converted[wrong[0]].shape)}, the model's {expected[wrong[0]]} "
+                              f"({len(wrong)} tensors differ). Is it a VAE for another architecture?")
     offloaded = offloaded_weights(model.vae)
     if offloaded is not None:  # --lowvram: the weights live in the offloading hooks' CPU copy
         expected = set(model.vae.state_dict())
